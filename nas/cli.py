@@ -1,0 +1,113 @@
+"""``nas <command> [overrides]``: a small dispatcher in front of one ``@hydra.main`` per command.
+
+Hydra keeps ``--help``, ``--cfg job`` and ``-m`` working. Before Hydra runs, the overrides are composed once
+and validated against the structured configs, so a wrong override ends in one line and exit 2, with nothing
+written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from nas.config import register_configs
+from nas.errors import NasError
+
+CONF = "pkg://nas.conf"
+COMMANDS = {
+    "search": "search (sample, measure, train, track) and export the best model for the budget",
+    "export": "export the best stored trial for budget_ms=X without searching again",
+    "measure": "measure one model: arch=NAME|arch.json or model=path.onnx",
+}
+
+register_configs()
+
+
+def _run(command: str, cfg: DictConfig) -> None:
+    from nas import commands
+
+    try:
+        typed = OmegaConf.to_object(cfg)
+        code = getattr(commands, command)(typed)
+    except NasError as e:
+        print(f"nas {command}: error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print(f"nas {command}: interrupted", file=sys.stderr)
+        code = 130
+    if code:
+        sys.exit(code)
+
+
+@hydra.main(config_path=CONF, config_name="search", version_base=None)
+def search_main(cfg: DictConfig) -> None:
+    _run("search", cfg)
+
+
+@hydra.main(config_path=CONF, config_name="export", version_base=None)
+def export_main(cfg: DictConfig) -> None:
+    _run("export", cfg)
+
+
+@hydra.main(config_path=CONF, config_name="measure", version_base=None)
+def measure_main(cfg: DictConfig) -> None:
+    _run("measure", cfg)
+
+
+MAINS: dict[str, Callable[[], None]] = {"search": search_main, "export": export_main, "measure": measure_main}
+
+
+def validate_overrides(command: str, overrides: list[str]) -> str | None:
+    """Compose the command's config with ``overrides``; the error as one line, or None when valid."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="nas.conf", version_base=None):
+            cfg = compose(config_name=command, overrides=overrides)
+        OmegaConf.to_object(cfg)
+    except Exception as e:  # Hydra and OmegaConf raise many types; the message is what matters
+        return _one_line(e)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _one_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
+    msg = "; ".join(keep) or type(e).__name__
+    if "is not in struct" in msg or "not found in" in msg:
+        msg += " (see `nas <command> --cfg job` for the valid keys)"
+    return msg
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items())
+    return (f"usage: nas <command> [key=value ...] [--help | --cfg job | -m]\n\ncommands:\n{rows}\n\n"
+            "example: nas search target=cpu budget_ms=5 study.n_trials=20")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help") or args[0] not in MAINS:
+        if args and args[0] not in ("-h", "--help", "help"):
+            print(f"nas: unknown command {args[0]!r}", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        sys.exit(2)
+    command, rest = args[0], args[1:]
+    if not any(a.startswith("-") for a in rest):  # flags (--help, -m, --cfg) go to Hydra untouched
+        error = validate_overrides(command, rest)
+        if error:
+            print(f"nas {command}: error: {error}", file=sys.stderr)
+            sys.exit(2)
+    sys.argv = [f"nas-{command}", *rest]
+    MAINS[command]()
+
+
+if __name__ == "__main__":
+    main()

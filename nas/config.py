@@ -1,0 +1,177 @@
+"""Structured configs: the typed schema every Hydra override is validated against.
+
+OmegaConf checks types and unknown keys while composing; the ``__post_init__`` checks run when
+``to_object`` builds these dataclasses, so a bad value ends before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+from nas.errors import ConfigError
+
+STATISTICS = ("p50", "p90", "p95", "p99", "mean")
+ACTS = ("relu", "relu6", "hard_swish", "swish")
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class TargetConfig:
+    name: str = "cpu"
+    runtime: str = "onnxruntime"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = 1
+    input_shape: list[int] = field(default_factory=lambda: [1, 3, 224, 224])
+    warmup: int = 10
+    repeats: int = 100
+    rounds: int = 5  # timed runs are split into rounds; percentiles are medians over rounds
+    round_pause_s: float = 0.05
+    statistic: str = "p90"  # which latency statistic the budget applies to
+    precision: str = "fp32"
+    exporter: str = "legacy"  # legacy (TorchScript) or dynamo; see benchmarks/trial_breakdown.py
+    opset: int = 17
+
+    def __post_init__(self) -> None:
+        _require(self.statistic in STATISTICS, f"target.statistic={self.statistic} must be one of {STATISTICS}")
+        _require(self.threads >= 1, f"target.threads={self.threads} must be >= 1")
+        _require(self.warmup >= 0, f"target.warmup={self.warmup} must be >= 0")
+        _require(self.repeats >= 5, f"target.repeats={self.repeats} must be >= 5 for percentiles to mean anything")
+        _require(1 <= self.rounds <= self.repeats, f"target.rounds={self.rounds} must be in [1, target.repeats]")
+        _require(len(self.input_shape) == 4 and all(d >= 1 for d in self.input_shape),
+                 f"target.input_shape={list(self.input_shape)} must be [batch, channels, height, width]")
+        _require(self.exporter in ("legacy", "dynamo"), f"target.exporter={self.exporter} must be legacy or dynamo")
+        _require(self.precision == "fp32", f"target.precision={self.precision}: only fp32 is supported so far")
+
+
+@dataclass
+class StageConfig:
+    """One stage of the skeleton: fixed kind/stride, choice lists (None: the space's default choices)."""
+
+    kind: str = "ir"
+    stride: int = 1
+    channels: list[int] = field(default_factory=lambda: [16])
+    depth: list[int] | None = None
+    kernel: list[int] | None = None
+    expansion: list[float] | None = None
+    se: list[float] | None = None
+    act: list[str] | None = None
+
+
+@dataclass
+class ChoicesConfig:
+    depth: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    kernel: list[int] = field(default_factory=lambda: [3, 5, 7])
+    expansion: list[float] = field(default_factory=lambda: [3.0, 4.0, 6.0])
+    se: list[float] = field(default_factory=lambda: [0.0, 0.25])
+    act: list[str] = field(default_factory=lambda: list(ACTS))
+
+
+@dataclass
+class SearchSpaceConfig:
+    name: str = "mbconv"
+    family: str = "efficientnet"
+    stem_size: int = 32
+    num_features: int = 1280
+    act: list[str] = field(default_factory=lambda: list(ACTS))  # model-level (stem, head) activation
+    width: list[float] = field(default_factory=lambda: [1.0])
+    resolution: list[int] = field(default_factory=lambda: [224])
+    choices: ChoicesConfig = field(default_factory=ChoicesConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    enqueue_references: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.family in ("mobilenetv3", "efficientnet"),
+                 f"search_space.family={self.family} must be mobilenetv3 or efficientnet")
+        for key in ("act",):
+            bad = [a for a in getattr(self, key) if a not in ACTS]
+            _require(not bad, f"search_space.{key} has unknown activation(s) {bad}; use {ACTS}")
+        for i, st in enumerate(self.stages):
+            _require(st.kind in ("ds", "ir", "er", "cn"), f"search_space.stages[{i}].kind={st.kind} is unknown")
+            _require(st.stride in (1, 2), f"search_space.stages[{i}].stride={st.stride} must be 1 or 2")
+            for name in ("channels", "depth", "kernel", "expansion", "se", "act"):
+                values = getattr(st, name)
+                _require(values is None or len(values) > 0, f"search_space.stages[{i}].{name} is an empty list")
+        for name in ("depth", "kernel", "expansion", "se", "act"):
+            _require(len(getattr(self.choices, name)) > 0, f"search_space.choices.{name} is an empty list")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "digits"
+    path: str | None = None
+    resolution: int = 32  # accuracy is measured at this resolution; latency at the target's
+    val_fraction: float = 0.2
+    seed: int = 0
+    max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.name in ("digits", "imagefolder"), f"dataset={self.name}: use digits or imagefolder")
+        _require(0.0 < self.val_fraction < 1.0, f"dataset.val_fraction={self.val_fraction} must be in (0, 1)")
+        _require(self.resolution >= 8, f"dataset.resolution={self.resolution} must be >= 8")
+
+
+@dataclass
+class StudyConfig:
+    n_trials: int = 16  # trials this run adds (a rerun adds more to the same study)
+    sampler: str = "nsga2"
+    seed: int = 0
+    name: str | None = None  # default: derived from target, space, dataset and budget
+    timeout_s: float | None = None
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.01
+    cutoff_ratio: float = 0.5  # cut training when top-1 < ratio x median of earlier trials at that epoch
+    experiment: str = "nas"  # MLflow experiment name
+
+    def __post_init__(self) -> None:
+        _require(self.n_trials >= 0, f"study.n_trials={self.n_trials} must be >= 0")
+        _require(self.sampler in ("nsga2", "tpe", "random"), f"study.sampler={self.sampler}: use nsga2, tpe or random")
+        _require(self.epochs >= 1, f"study.epochs={self.epochs} must be >= 1")
+        _require(self.batch_size >= 2, f"study.batch_size={self.batch_size} must be >= 2")
+        _require(self.lr > 0, f"study.lr={self.lr} must be > 0")
+
+
+@dataclass
+class SearchConfig:
+    target: TargetConfig = field(default_factory=TargetConfig)
+    search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    budget_ms: float = 10.0
+    workdir: str = "nas-workdir"
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        _require(self.budget_ms > 0, f"budget_ms={self.budget_ms} must be a positive number of milliseconds")
+        _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+
+
+@dataclass
+class MeasureConfig:
+    target: TargetConfig = field(default_factory=TargetConfig)
+    arch: str | None = None  # a reference name or an arch.json path
+    model: str | None = None  # an ONNX file
+    num_classes: int = 1000
+    workdir: str = "nas-workdir"
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        _require((self.arch is None) != (self.model is None),
+                 "nas measure needs exactly one of arch=NAME|arch.json or model=path/to/model.onnx")
+        _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="search_schema", node=SearchConfig)
+    cs.store(name="measure_schema", node=MeasureConfig)
+    cs.store(group="target", name="target_schema", node=TargetConfig)
+    cs.store(group="search_space", name="search_space_schema", node=SearchSpaceConfig)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="study", name="study_schema", node=StudyConfig)

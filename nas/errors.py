@@ -1,0 +1,31 @@
+"""Errors a user can cause: each ends the command with one clear line and a non-zero exit."""
+
+
+class NasError(Exception):
+    """Base class: the message is the whole story (what was wrong, what to do)."""
+
+    exit_code = 1
+
+
+class ConfigError(NasError, ValueError):
+    exit_code = 2
+
+
+class DatasetError(NasError, ValueError):
+    pass
+
+
+class TargetError(NasError, RuntimeError):
+    pass
+
+
+class NoFeasibleTrial(NasError):
+    pass
+
+
+class StudyNotFound(NasError):
+    pass
+
+
+class CandidateFailed(Exception):
+    """One candidate could not be built, exported, measured or trained; the study goes on."""

@@ -1,0 +1,53 @@
+"""Latency of an ``Arch`` on a target: build with timm, export to ONNX at the deployment shape, measure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+
+from nas.arch import Arch
+from nas.build import build_model, count_params
+from nas.config import TargetConfig
+from nas.measure_cache import MeasurementCache
+from nas.onnx_export import GraphStats, export_onnx, graph_stats
+from nas.targets.base import LatencyStats, Target
+
+
+@dataclass(frozen=True)
+class ArchLatency:
+    stats: LatencyStats
+    graph: GraphStats
+    cached: bool
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step: build, export, measure
+
+
+def deploy_shape(cfg: TargetConfig, arch: Arch) -> tuple[int, int, int, int]:
+    """The target's batch and channels at the arch's resolution."""
+    return (cfg.input_shape[0], cfg.input_shape[1], arch.resolution, arch.resolution)
+
+
+def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: MeasurementCache, onnx_path: Path,
+                 num_classes: int) -> ArchLatency:
+    """Measured latency of ``arch`` (from the cache when this set-up measured it before)."""
+    fp = target.fingerprint()
+    fp = {**fp, "shape": list(deploy_shape(cfg, arch)), "num_classes": num_classes}
+    hit = cache.get(arch.hash, fp)
+    if hit is not None:
+        stats, extra = hit
+        return ArchLatency(stats, GraphStats(**extra["graph"]), cached=True)
+    t0 = time.perf_counter()
+    model = build_model(arch, num_classes=num_classes)
+    t1 = time.perf_counter()
+    export_onnx(model, deploy_shape(cfg, arch), onnx_path, cfg.exporter, cfg.opset)
+    t2 = time.perf_counter()
+    # timm's parameter count (BatchNorm included), not the ONNX one (BatchNorm folded into convolutions).
+    graph = replace(graph_stats(onnx.load(str(onnx_path))), params=count_params(model))
+    t3 = time.perf_counter()
+    stats = target.measure(onnx_path)
+    t4 = time.perf_counter()
+    cache.put(arch.hash, fp, stats, {"graph": graph.__dict__})
+    return ArchLatency(stats, graph, cached=False,
+                       timings={"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2, "measure": t4 - t3})

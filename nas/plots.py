@@ -1,0 +1,76 @@
+"""The Pareto-front plot: accuracy against latency, the budget as a line, references labelled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nas.records import TrialRecord, pareto_front
+
+
+def plot_pareto(records: list[TrialRecord], budget_ms: float, statistic: str, title: str, png: Path,
+                html: Path) -> None:
+    """Write a static PNG (matplotlib) and an interactive, self-contained HTML (plotly)."""
+    done = [r for r in records if r.state == "complete"]
+    front = pareto_front(done)
+    _png(done, front, budget_ms, statistic, title, png)
+    _html(done, front, budget_ms, statistic, title, html)
+
+
+def _png(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat: str, title: str,
+         path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    others = [r for r in done if r not in front]
+    ax.scatter([r.latency_ms for r in others], [r.accuracy for r in others], s=22, c="#9aa5b1",
+               label="trials")
+    ax.plot([r.latency_ms for r in front], [r.accuracy for r in front], "-o", c="#d9480f", ms=6,
+            label="Pareto front")
+    for r in done:
+        if r.attrs.get("reference"):
+            ax.annotate(r.attrs["reference"], (r.latency_ms, r.accuracy), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    ax.axvline(budget, ls="--", c="#1c7ed6", label=f"budget {budget:g} ms")
+    ax.set_xlabel(f"latency {stat} (ms)")
+    ax.set_ylabel("top-1 accuracy (proxy)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _html(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat: str, title: str,
+          path: Path) -> None:
+    import plotly.graph_objects as go
+
+    def hover(r: TrialRecord) -> str:
+        return (f"trial {r.number} {r.label}<br>acc {r.accuracy:.3f}<br>{stat} {r.latency_ms:.2f} ms"
+                f"<br>params {r.params or 0:,}<br>MACs {r.macs or 0:,}")
+
+    fig = go.Figure()
+    fig.add_scatter(x=[r.latency_ms for r in done], y=[r.accuracy for r in done], mode="markers",
+                    name="trials", text=[hover(r) for r in done], hoverinfo="text",
+                    marker=dict(color="#9aa5b1", size=8))
+    fig.add_scatter(x=[r.latency_ms for r in front], y=[r.accuracy for r in front], mode="lines+markers",
+                    name="Pareto front", text=[hover(r) for r in front], hoverinfo="text",
+                    marker=dict(color="#d9480f", size=10))
+    refs = [r for r in done if r.attrs.get("reference")]
+    fig.add_scatter(x=[r.latency_ms for r in refs], y=[r.accuracy for r in refs], mode="text",
+                    text=[r.attrs["reference"] for r in refs], textposition="top right", name="references")
+    fig.add_vline(x=budget, line_dash="dash", line_color="#1c7ed6", annotation_text=f"budget {budget:g} ms")
+    fig.update_layout(title=title, xaxis_title=f"latency {stat} (ms)", yaxis_title="top-1 accuracy (proxy)",
+                      template="plotly_white")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def front_json(records: list[TrialRecord]) -> str:
+    return json.dumps([{"trial": r.number, "label": r.label, "accuracy": r.accuracy, "latency_ms": r.latency_ms}
+                       for r in pareto_front(records)], indent=2)

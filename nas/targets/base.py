@@ -1,0 +1,79 @@
+"""What every target gives: a fingerprint of the set-up and latency statistics for a model file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one model on one target, in milliseconds."""
+
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    n: int
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation: std / mean."""
+        return self.std / self.mean if self.mean else 0.0
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float] | np.ndarray) -> LatencyStats:
+        s = np.asarray(samples_ms, dtype=np.float64)
+        p50, p90, p95, p99 = np.percentile(s, [50, 90, 95, 99])
+        return cls(float(p50), float(p90), float(p95), float(p99), float(s.mean()), float(s.std()),
+                   float(s.min()), int(s.size))
+
+    @classmethod
+    def from_rounds(cls, rounds_ms: list[np.ndarray]) -> LatencyStats:
+        """Percentiles as the median over rounds of each round's percentile.
+
+        On a shared machine a burst of foreign load spoils a stretch of consecutive runs; taking the median
+        over rounds spaced in time keeps one spoiled round from moving the figure (see
+        benchmarks/latency_repeatability.py). Mean, std and min use all samples.
+        """
+        if len(rounds_ms) == 1:
+            return cls.from_samples(rounds_ms[0])
+        per_round = np.array([np.percentile(np.asarray(r, dtype=np.float64), [50, 90, 95, 99]) for r in rounds_ms])
+        p50, p90, p95, p99 = np.median(per_round, axis=0)
+        s = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds_ms])
+        return cls(float(p50), float(p90), float(p95), float(p99), float(s.mean()), float(s.std()),
+                   float(s.min()), int(s.size))
+
+    def value(self, statistic: str) -> float:
+        return float(getattr(self, statistic))
+
+    def to_dict(self) -> dict[str, float]:
+        d = asdict(self)
+        d["cv"] = self.cv
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
+        return cls(**{k: d[k] for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "n")})
+
+
+class Target(Protocol):
+    name: str
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes a measurement: device, runtime and versions, threads, precision, shape."""
+        ...
+
+    def measure(self, model_path: Path) -> LatencyStats: ...
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,115 @@
+"""Local ONNX Runtime target: fixed threads, warm-up, timed runs, percentiles."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.config import TargetConfig
+from nas.errors import TargetError
+from nas.targets.base import LatencyStats
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class OnnxRuntimeTarget:
+    """Measures ONNX models with an ``InferenceSession`` on the configured execution providers."""
+
+    def __init__(self, cfg: TargetConfig) -> None:
+        import onnxruntime as ort
+
+        missing = [p for p in cfg.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise TargetError(f"target {cfg.name}: ONNX Runtime here lacks {missing} "
+                              f"(available: {ort.get_available_providers()})")
+        self.cfg = cfg
+        self.name = cfg.name
+        self._ort = ort
+
+    def fingerprint(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "target": self.cfg.name,
+            "device": cpu_model(),
+            "machine": platform.machine(),
+            "runtime": f"onnxruntime {self._ort.__version__}",
+            "providers": list(self.cfg.providers),
+            "threads": self.cfg.threads,
+            "precision": self.cfg.precision,
+            "batch": self.cfg.input_shape[0],
+            "exporter": f"torch {torch.__version__.split('+')[0]} {self.cfg.exporter} opset{self.cfg.opset}",
+            "warmup": self.cfg.warmup,
+            "repeats": self.cfg.repeats,
+            "rounds": self.cfg.rounds,
+        }
+
+    def session(self, model_path: Path) -> Any:
+        so = self._ort.SessionOptions()
+        so.intra_op_num_threads = self.cfg.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            return self._ort.InferenceSession(str(model_path), so, providers=list(self.cfg.providers))
+        except Exception as e:  # ORT raises its own exception types for corrupt or unsupported models
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TargetError(f"ONNX Runtime cannot load {model_path}: {first}") from None
+
+    def measure(self, model_path: Path) -> LatencyStats:
+        return self.measure_session(self.session(model_path))
+
+    def measure_session(self, sess: Any) -> LatencyStats:
+        feeds = {i.name: _random_input(i, self.cfg.input_shape) for i in sess.get_inputs()}
+        for _ in range(self.cfg.warmup):
+            sess.run(None, feeds)
+        rounds = []
+        per_round = max(1, self.cfg.repeats // self.cfg.rounds)
+        for r in range(self.cfg.rounds):
+            if r:
+                time.sleep(self.cfg.round_pause_s)  # spread rounds in time, past short bursts of foreign load
+                sess.run(None, feeds)  # re-warm caches after the pause, untimed
+            samples = np.empty(per_round)
+            for k in range(per_round):
+                t0 = time.perf_counter_ns()
+                sess.run(None, feeds)
+                samples[k] = (time.perf_counter_ns() - t0) / 1e6
+            rounds.append(samples)
+        return LatencyStats.from_rounds(rounds)
+
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+               "tensor(int8)": np.int8}
+
+
+def _random_input(node: Any, default_shape: list[int]) -> np.ndarray:
+    """Random data for one input; symbolic dimensions take the target's deployment shape."""
+    shape = [d if isinstance(d, int) and d > 0 else (default_shape[i] if i < len(default_shape) else 1)
+             for i, d in enumerate(node.shape)]
+    dtype = _ORT_DTYPES.get(node.type)
+    if dtype is None:
+        raise TargetError(f"model input {node.name!r} has unsupported type {node.type}")
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 10, size=shape).astype(dtype)
+
+
+def make_target(cfg: TargetConfig) -> OnnxRuntimeTarget:
+    if cfg.runtime != "onnxruntime":
+        raise TargetError(f"target.runtime={cfg.runtime} is not supported yet (use onnxruntime)")
+    return OnnxRuntimeTarget(cfg)

@@ -1,0 +1,132 @@
+"""A factorized, MnasNet-style search space: a fixed skeleton of stages, independent choices per stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nas.search_spaces.references import reference_archs
+
+from nas.arch import Arch, Block
+from nas.config import SearchSpaceConfig
+from nas.errors import ConfigError
+
+
+class Suggester(Protocol):
+    """The part of ``optuna.Trial`` a space needs (a ``FixedTrial`` works too)."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Stage:
+    kind: str
+    stride: int
+    channels: tuple[int, ...]
+    depth: tuple[int, ...]
+    kernel: tuple[int, ...]
+    expansion: tuple[float, ...]
+    se: tuple[float, ...]
+    act: tuple[str, ...]
+
+
+class FactorizedSpace:
+    """``sample(trial) -> Arch``, ``references()``, ``contains(arch)``, ``params_of(arch)``."""
+
+    def __init__(self, cfg: SearchSpaceConfig) -> None:
+        if not cfg.stages:
+            raise ConfigError(f"search_space={cfg.name} lists no stages")
+        self.name = cfg.name
+        self.family = cfg.family
+        self.stem_size = cfg.stem_size
+        self.num_features = cfg.num_features
+        self.acts = tuple(cfg.act)
+        self.widths = tuple(float(w) for w in cfg.width)
+        self.resolutions = tuple(int(r) for r in cfg.resolution)
+        c = cfg.choices
+        self.stages = tuple(
+            _Stage(
+                kind=st.kind,
+                stride=st.stride,
+                channels=tuple(st.channels),
+                depth=tuple(st.depth or c.depth),
+                kernel=tuple(st.kernel or c.kernel),
+                expansion=(1.0,) if st.kind in ("ds", "cn") else tuple(float(e) for e in (st.expansion or c.expansion)),
+                se=tuple(float(s) for s in (st.se if st.se is not None else c.se)),
+                act=tuple(st.act or c.act),
+            )
+            for st in cfg.stages
+        )
+
+    # -- sampling ---------------------------------------------------------------------------------------------
+    def sample(self, trial: Suggester) -> Arch:
+        def pick(name: str, choices: tuple) -> Any:
+            # Single-valued choices are fixed: no Optuna parameter, so enqueued params stay minimal.
+            return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+
+        act = pick("act", self.acts)
+        stages = []
+        for i, st in enumerate(self.stages):
+            stages.append((Block(
+                kind=st.kind,
+                repeats=pick(f"s{i}_depth", st.depth),
+                kernel=pick(f"s{i}_kernel", st.kernel),
+                stride=st.stride,
+                expansion=pick(f"s{i}_expansion", st.expansion),
+                channels=pick(f"s{i}_channels", st.channels),
+                se=pick(f"s{i}_se", st.se),
+                act=pick(f"s{i}_act", st.act),
+            ),))
+        return Arch(
+            family=self.family, stages=tuple(stages), stem_size=self.stem_size, num_features=self.num_features,
+            act=act, width=pick("width", self.widths), resolution=pick("resolution", self.resolutions),
+        ).canonical()
+
+    # -- references -------------------------------------------------------------------------------------------
+    def references(self) -> dict[str, Arch]:
+        return reference_archs(resolution=self.resolutions[0])
+
+    def params_of(self, arch: Arch) -> dict[str, Any] | None:
+        """The Optuna params that make ``sample`` return ``arch``, or None when the space cannot express it."""
+        if (arch.family, arch.stem_size, arch.num_features) != (self.family, self.stem_size, self.num_features):
+            return None
+        if len(arch.stages) != len(self.stages) or any(len(s) != 1 for s in arch.stages):
+            return None
+        values: dict[str, tuple[Any, tuple]] = {
+            "act": (arch.act, self.acts),
+            "width": (float(arch.width), self.widths),
+            "resolution": (arch.resolution, self.resolutions),
+        }
+        for i, ((b,), st) in enumerate(zip(arch.stages, self.stages, strict=True)):
+            if (b.kind, b.stride) != (st.kind, st.stride):
+                return None
+            values.update({
+                f"s{i}_depth": (b.repeats, st.depth),
+                f"s{i}_kernel": (b.kernel, st.kernel),
+                f"s{i}_expansion": (1.0 if b.kind in ("ds", "cn") else float(b.expansion), st.expansion),
+                f"s{i}_channels": (b.channels, st.channels),
+                f"s{i}_se": (float(b.se), st.se),
+                f"s{i}_act": (b.act or arch.act, st.act),
+            })
+        if any(v not in choices for v, choices in values.values()):
+            return None
+        params = {k: v for k, (v, choices) in values.items() if len(choices) > 1}
+        # The inverse must be exact: re-sampling from the params gives the same network.
+        if self.sample(_Fixed(params)).hash != arch.hash:
+            return None
+        return params
+
+    def contains(self, arch: Arch) -> bool:
+        return self.params_of(arch) is not None
+
+
+class _Fixed:
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.params[name]
+
+
+def make_space(cfg: SearchSpaceConfig) -> FactorizedSpace:
+    return FactorizedSpace(cfg)
