@@ -126,6 +126,7 @@ class StudyConfig:
     epochs: int = 3
     batch_size: int = 64
     lr: float = 0.01
+    train_threads: int | None = None  # torch threads for proxy training; None: all cores
     cutoff_ratio: float = 0.5  # cut training when top-1 < ratio x median of earlier trials at that epoch
     experiment: str = "nas"  # MLflow experiment name
 

@@ -68,6 +68,7 @@ def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, 
     arch = record.arch
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is for the training team
     try:
         model = build_model(arch, num_classes=num_classes, seed=0)
         export_onnx(model, deploy_shape(cfg.target, arch), tmp / "model.onnx", cfg.target.exporter,

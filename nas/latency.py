@@ -49,5 +49,6 @@ def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: Measureme
     stats = target.measure(onnx_path)
     t4 = time.perf_counter()
     cache.put(arch.hash, fp, stats, {"graph": graph.__dict__})
-    return ArchLatency(stats, graph, cached=False,
-                       timings={"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2, "measure": t4 - t3})
+    timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2, "measure": t4 - t3}
+    timings.update(getattr(target, "last_timings", {}))  # a target may split session set-up from timing
+    return ArchLatency(stats, graph, cached=False, timings=timings)

@@ -25,15 +25,19 @@ def _png(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    others = [r for r in done if r not in front]
+    others = [r for r in done if r not in front and not r.attrs.get("cut_off")]
+    cut = [r for r in done if r not in front and r.attrs.get("cut_off")]
     ax.scatter([r.latency_ms for r in others], [r.accuracy for r in others], s=22, c="#9aa5b1",
                label="trials")
+    if cut:
+        ax.scatter([r.latency_ms for r in cut], [r.accuracy for r in cut], s=26, c="#9aa5b1", marker="x",
+                   label="training cut off early")
     ax.plot([r.latency_ms for r in front], [r.accuracy for r in front], "-o", c="#d9480f", ms=6,
             label="Pareto front")
-    for r in done:
-        if r.attrs.get("reference"):
-            ax.annotate(r.attrs["reference"], (r.latency_ms, r.accuracy), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+    refs = sorted((r for r in done if r.attrs.get("reference")), key=lambda r: r.latency_ms)
+    for i, r in enumerate(refs):  # alternate label offsets so neighbouring references stay readable
+        ax.annotate(r.attrs["reference"], (r.latency_ms, r.accuracy), textcoords="offset points",
+                    xytext=(5, 6 if i % 2 == 0 else -12), fontsize=8)
     ax.axvline(budget, ls="--", c="#1c7ed6", label=f"budget {budget:g} ms")
     ax.set_xlabel(f"latency {stat} (ms)")
     ax.set_ylabel("top-1 accuracy (proxy)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import time
@@ -184,7 +185,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
 
         try:
             acc = evaluate_accuracy(arch, ctx.data, cfg.study.epochs, cfg.study.batch_size, cfg.study.lr,
-                                    cfg.study.seed, cfg.target.threads, on_epoch)
+                                    cfg.study.seed, cfg.study.train_threads or os.cpu_count() or 1, on_epoch)
         except (TrainingDiverged, RuntimeError, MemoryError) as e:
             raise _fail(trial, ctx, run_id, "training", e) from e
         times["train"] = acc.train_seconds

@@ -36,6 +36,7 @@ class OnnxRuntimeTarget:
                               f"(available: {ort.get_available_providers()})")
         self.cfg = cfg
         self.name = cfg.name
+        self.last_timings: dict[str, float] = {}  # seconds of the last measure(): session, measure
         self._ort = ort
 
     def fingerprint(self) -> dict[str, Any]:
@@ -70,7 +71,12 @@ class OnnxRuntimeTarget:
             raise TargetError(f"ONNX Runtime cannot load {model_path}: {first}") from None
 
     def measure(self, model_path: Path) -> LatencyStats:
-        return self.measure_session(self.session(model_path))
+        t0 = time.perf_counter()
+        sess = self.session(model_path)
+        t1 = time.perf_counter()
+        stats = self.measure_session(sess)
+        self.last_timings = {"session": t1 - t0, "measure": time.perf_counter() - t1}
+        return stats
 
     def measure_session(self, sess: Any) -> LatencyStats:
         feeds = {i.name: _random_input(i, self.cfg.input_shape) for i in sess.get_inputs()}

@@ -1,0 +1,36 @@
+"""Shared helpers: run the real `nas` console script, small shapes so the suite stays quick on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Small but real: 64 px deployment shape, 16 px digits, one epoch, a few timed runs.
+FAST = [
+    "search_space.resolution=[64]", "target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10",
+    "target.rounds=2", "target.round_pause_s=0", "dataset.resolution=16", "study.epochs=1",
+]
+
+
+def nas_bin() -> str:
+    exe = Path(sys.executable).with_name("nas")
+    return str(exe) if exe.exists() else "nas"
+
+
+def run_nas(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([nas_bin(), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def fast() -> list[str]:
+    return list(FAST)

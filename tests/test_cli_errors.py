@@ -1,0 +1,62 @@
+"""Every wrong input ends in one clear line on stderr, a non-zero exit, and nothing written."""
+
+import pytest
+
+from tests.conftest import run_nas
+
+
+@pytest.mark.parametrize(
+    ("override", "expect"),
+    [
+        ("budget_ms=-1", "budget_ms=-1.0 must be a positive number"),
+        ("budget_ms=abc", "budget_ms"),
+        ("target=nope", "target/nope"),
+        ("foo=1", "foo"),
+        ("target.statistic=p42", "target.statistic=p42 must be one of"),
+        ("study.sampler=grid", "study.sampler=grid"),
+    ],
+)
+def test_bad_override_is_one_line_exit_2_nothing_written(tmp_path, override, expect):
+    wd = tmp_path / "wd"
+    res = run_nas("search", override, f"workdir={wd}", cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("nas search: error:") and expect in lines[0]
+    assert not wd.exists()
+    assert list(tmp_path.iterdir()) == []  # no Hydra outputs/ folder either
+
+
+def test_no_command_lists_commands_and_exits_2():
+    res = run_nas()
+    assert res.returncode == 2
+    assert "search" in res.stderr and "export" in res.stderr and "measure" in res.stderr
+
+
+def test_unknown_command_exits_2():
+    res = run_nas("serach")
+    assert res.returncode == 2
+    assert "unknown command 'serach'" in res.stderr
+
+
+def test_hydra_flags_still_work(tmp_path):
+    res = run_nas("search", "--cfg", "job", "budget_ms=7", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "budget_ms: 7" in res.stdout
+    assert "search_space:" in res.stdout
+
+
+def test_missing_imagefolder_is_one_line(tmp_path):
+    wd = tmp_path / "wd"
+    res = run_nas("search", "dataset=imagefolder", f"dataset.path={tmp_path / 'nope'}", f"workdir={wd}")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("nas search: error: dataset.path=")
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not wd.exists()
+
+
+def test_export_without_a_study_is_one_line(tmp_path):
+    res = run_nas("export", f"workdir={tmp_path / 'wd'}", "budget_ms=3")
+    assert res.returncode == 1
+    assert "no study in workdir" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

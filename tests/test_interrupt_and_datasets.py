@@ -1,0 +1,75 @@
+"""Ctrl-C keeps finished trials; the imagefolder dataset loads a class-per-folder tree."""
+
+import os
+import signal
+import subprocess
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from nas.accuracy.datasets import load_dataset
+from nas.errors import DatasetError
+from tests.conftest import FAST, nas_bin, run_nas
+
+
+def test_ctrl_c_keeps_finished_trials_and_resumes(tmp_path):
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen([nas_bin(), "search", f"workdir={wd}", "study.n_trials=50", *FAST],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    for line in proc.stdout:
+        if line.startswith("[  2/50]"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130
+    assert "interrupted" in out
+    study = optuna.load_study(study_name="cpu-mbconv-digits-10ms", storage=f"sqlite:///{wd / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 2
+    assert optuna.trial.TrialState.RUNNING not in states
+    uri = f"sqlite:///{wd / 'mlflow.db'}"
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("nas").experiment_id])
+    assert all(r.info.status != "RUNNING" for r in runs)
+    kept = len(study.trials)
+    res = run_nas("search", f"workdir={wd}", "study.n_trials=1", *FAST)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{kept} trial(s) stored" in res.stdout
+
+
+def _write_images(root, n_per_class=10, size=20):
+    rng = np.random.default_rng(0)
+    for c, level in (("cats", 40), ("dogs", 210)):
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            px = np.clip(rng.normal(level, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / c / f"{i}.png")
+
+
+def test_imagefolder_loads_resized_rgb_stratified(tmp_path):
+    _write_images(tmp_path / "imgs")
+    data = load_dataset("imagefolder", 24, 0.2, 0, str(tmp_path / "imgs"))
+    assert data.num_classes == 2
+    assert tuple(data.x_train.shape[1:]) == (3, 24, 24)
+    assert len(data.y_train) == 16 and len(data.y_val) == 4
+    assert sorted(data.y_val.tolist()) == [0, 0, 1, 1]
+
+
+def test_imagefolder_with_one_class_is_refused(tmp_path):
+    (tmp_path / "only").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(DatasetError, match="class folder"):
+        load_dataset("imagefolder", 16, 0.2, 0, str(tmp_path))
+
+
+def test_search_on_an_imagefolder(tmp_path):
+    _write_images(tmp_path / "imgs")
+    wd = tmp_path / "wd"
+    res = run_nas("search", "dataset=imagefolder", f"dataset.path={tmp_path / 'imgs'}", "dataset.resolution=16",
+                  f"workdir={wd}", "study.n_trials=1", "search_space.enqueue_references=false", "budget_ms=1000",
+                  *[o for o in FAST if not o.startswith("dataset.")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (wd / "exports" / "cpu-1000ms" / "model_card.json").exists()

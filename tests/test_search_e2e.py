@@ -1,0 +1,129 @@
+"""A tiny real search end to end: Optuna storage, MLflow runs, the export bundle, resume, `nas export`."""
+
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from nas.records import best_under_budget, record_of
+from tests.conftest import FAST, last_json, run_nas
+
+STUDY = "cpu-mbconv-digits-50ms"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("search") / "wd"
+    res = run_nas("search", f"workdir={wd}", "budget_ms=50", "study.n_trials=4", "format=json", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return wd, res
+
+
+def client(wd: Path) -> MlflowClient:
+    uri = f"sqlite:///{wd / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def trials(wd: Path):
+    storage = f"sqlite:///{wd / 'optuna.db'}"
+    return optuna.load_study(study_name=STUDY, storage=storage).trials
+
+
+def test_optuna_storage_holds_every_trial(searched):
+    wd, res = searched
+    ts = trials(wd)
+    assert len(ts) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ts)
+    # The references that fit the space run first, then sampled candidates.
+    assert [t.user_attrs.get("reference") for t in ts[:3]] == ["efficientnet_b0", "mnasnet_100", "mobilenetv2_100"]
+    for t in ts:
+        acc, lat = t.values
+        assert 0.0 <= acc <= 1.0 and lat > 0
+        assert t.user_attrs["latency"]["p90"] == pytest.approx(lat)
+        assert t.system_attrs["constraints:latency"] == pytest.approx(lat - 50)
+    out = last_json(res.stdout)
+    assert out["complete"] == 4 and out["study"] == STUDY
+
+
+def test_mlflow_parent_and_nested_trial_runs(searched):
+    wd, _ = searched
+    c = client(wd)
+    exp = c.get_experiment_by_name("nas")
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    for r in children:
+        assert {"accuracy", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "params", "macs",
+                "train_seconds", "measure_seconds"} <= set(r.data.metrics)
+        assert r.data.tags["feasible"] in ("true", "false") and r.data.tags["pareto"] in ("true", "false")
+        assert "s1_kernel" in r.data.params and "arch_hash" in r.data.params
+        assert "arch.json" in [a.path for a in c.list_artifacts(r.info.run_id)]
+    # The Pareto tags agree with the stored objectives.
+    recs = [record_of(STUDY, t) for t in trials(wd)]
+    pareto_runs = {r.info.run_id for r in children if r.data.tags["pareto"] == "true"}
+    assert pareto_runs
+    best = best_under_budget(recs, 50)
+    assert best.run_id in pareto_runs
+    plots = [a.path for a in c.list_artifacts(parent.info.run_id, "pareto")]
+    assert any(p.endswith(".png") for p in plots) and any(p.endswith(".html") for p in plots)
+
+
+def test_export_bundle_is_complete_and_runs(searched):
+    wd, _ = searched
+    bundle = wd / "exports" / "cpu-50ms"
+    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "arch.json", "model_card.json", "model_card.md"}
+    card = json.loads((bundle / "model_card.json").read_text())
+    recs = [record_of(STUDY, t) for t in trials(wd)]
+    best = best_under_budget(recs, 50)
+    assert card["trial"] == best.number and card["meets_budget"] is True
+    assert card["latency_ms"]["p90"] <= 50 and card["latency_source"] == "measured"
+    assert "build_model" in card["build"] and card["reproduce"].startswith("nas search ")
+    arch = json.loads((bundle / "arch.json").read_text())
+    assert arch["hash"] == best.arch.hash and arch["timm_block_strings"]
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [1, 3, 64, 64]
+    versions = client(wd).search_model_versions("name='nas-cpu-50ms'")
+    assert len(versions) == 1
+
+
+def test_export_answers_other_budgets_without_searching(searched):
+    wd, _ = searched
+    recs = [record_of(STUDY, t) for t in trials(wd)]
+    lats = sorted(r.latency_ms for r in recs)
+    for budget in (lats[0] * 1.001, lats[1] * 1.001, lats[-1] * 1.001):
+        res = run_nas("export", f"workdir={wd}", f"budget_ms={budget}", "format=json", *FAST)
+        assert res.returncode == 0, res.stderr
+        out = last_json(res.stdout)
+        assert out["trial"] == best_under_budget(recs, budget).number
+        assert Path(out["path"]).is_dir()
+    assert len(trials(wd)) == 4  # nothing was searched
+
+
+def test_export_with_an_impossible_budget_says_so_and_writes_nothing(searched):
+    wd, _ = searched
+    res = run_nas("export", f"workdir={wd}", "budget_ms=0.001", *FAST)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no trial meets budget_ms=0.001" in lines[0] and "fastest is trial" in lines[0]
+    assert not (wd / "exports" / "cpu-0.001ms").exists()
+
+
+def test_rerun_resumes_the_same_study(searched):
+    wd, _ = searched
+    res = run_nas("search", f"workdir={wd}", "budget_ms=50", "study.n_trials=2", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ts = trials(wd)
+    assert len(ts) == 6  # the 4 kept, 2 added; references not enqueued twice
+    assert sum(1 for t in ts if t.user_attrs.get("reference")) == 3
+    c = client(wd)
+    runs = c.search_runs([c.get_experiment_by_name("nas").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1  # the study's parent run was reused
+    assert sorted(int(r.data.tags["nas.trial"]) for r in children) == list(range(6))  # no duplicates
