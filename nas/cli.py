@@ -21,7 +21,11 @@ COMMANDS = {
     "search": "search (sample, measure, train, track) and export the best model for the budget",
     "export": "export the best stored trial for budget_ms=X without searching again",
     "measure": "measure one model: arch=NAME|arch.json or model=path.onnx",
+    "predictor fit": "measure diverse archs and fit a latency predictor for the target",
+    "predictor eval": "test the target's predictor on fresh held-out archs (RMSE, MAPE, ±5/±10%, Kendall tau)",
 }
+CONFIG_OF = {"search": "search", "export": "export", "measure": "measure", "predictor fit": "predictor",
+             "predictor eval": "predictor"}
 
 register_configs()
 
@@ -31,7 +35,7 @@ def _run(command: str, cfg: DictConfig) -> None:
 
     try:
         typed = OmegaConf.to_object(cfg)
-        code = getattr(commands, command)(typed)
+        code = getattr(commands, command.replace(" ", "_"))(typed)
     except NasError as e:
         print(f"nas {command}: error: {e}", file=sys.stderr)
         code = e.exit_code
@@ -57,7 +61,18 @@ def measure_main(cfg: DictConfig) -> None:
     _run("measure", cfg)
 
 
-MAINS: dict[str, Callable[[], None]] = {"search": search_main, "export": export_main, "measure": measure_main}
+@hydra.main(config_path=CONF, config_name="predictor", version_base=None)
+def predictor_fit_main(cfg: DictConfig) -> None:
+    _run("predictor fit", cfg)
+
+
+@hydra.main(config_path=CONF, config_name="predictor", version_base=None)
+def predictor_eval_main(cfg: DictConfig) -> None:
+    _run("predictor eval", cfg)
+
+
+MAINS: dict[str, Callable[[], None]] = {"search": search_main, "export": export_main, "measure": measure_main,
+                                        "predictor fit": predictor_fit_main, "predictor eval": predictor_eval_main}
 
 
 def validate_overrides(command: str, overrides: list[str]) -> str | None:
@@ -68,7 +83,7 @@ def validate_overrides(command: str, overrides: list[str]) -> str | None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="nas.conf", version_base=None):
-            cfg = compose(config_name=command, overrides=overrides)
+            cfg = compose(config_name=CONFIG_OF[command], overrides=overrides)
         OmegaConf.to_object(cfg)
     except Exception as e:  # Hydra and OmegaConf raise many types; the message is what matters
         return _one_line(e)
@@ -87,13 +102,15 @@ def _one_line(e: Exception) -> str:
 
 
 def usage() -> str:
-    rows = "\n".join(f"  {name:<8} {text}" for name, text in COMMANDS.items())
+    rows = "\n".join(f"  {name:<15} {text}" for name, text in COMMANDS.items())
     return (f"usage: nas <command> [key=value ...] [--help | --cfg job | -m]\n\ncommands:\n{rows}\n\n"
             "example: nas search target=cpu budget_ms=5 study.n_trials=20")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["predictor"] and len(args) > 1:  # two-word commands
+        args = [f"predictor {args[1]}", *args[2:]]
     if not args or args[0] in ("-h", "--help", "help") or args[0] not in MAINS:
         if args and args[0] not in ("-h", "--help", "help"):
             print(f"nas: unknown command {args[0]!r}", file=sys.stderr)
@@ -105,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         if error:
             print(f"nas {command}: error: {error}", file=sys.stderr)
             sys.exit(2)
-    sys.argv = [f"nas-{command}", *rest]
+    sys.argv = [f"nas-{command.replace(' ', '-')}", *rest]
     MAINS[command]()
 
 

@@ -10,7 +10,7 @@ import onnx
 import optuna
 
 from nas.arch import Arch
-from nas.config import MeasureConfig, SearchConfig
+from nas.config import MeasureConfig, PredictorCmdConfig, SearchConfig
 from nas.errors import ConfigError, NasError, StudyNotFound, TargetError
 from nas.latency import measure_arch
 from nas.measure_cache import MeasurementCache
@@ -30,6 +30,7 @@ def search(cfg: SearchConfig) -> int:
     result: dict[str, Any] = {"study": summary.study, "trials": len(summary.records),
                               "complete": sum(r.state == "complete" for r in summary.records),
                               "failed": sum(r.state == "failed" for r in summary.records),
+                              "skipped": sum(r.state == "skipped" for r in summary.records),
                               "mlflow_run_id": summary.parent_run_id, "tracking_uri": tracking_uri(_wd(cfg))}
     if summary.export is not None:
         say(f"exported trial {summary.export.trial.number} ({summary.export.trial.label}) to {summary.export.path}")
@@ -111,6 +112,24 @@ def measure(cfg: MeasureConfig) -> int:
     return 0
 
 
+def predictor_fit(cfg: PredictorCmdConfig) -> int:
+    from nas import predictor_commands
+
+    result = predictor_commands.fit(cfg, _printer(cfg.format))
+    if cfg.format == "json":
+        print(json.dumps(result))
+    return 0
+
+
+def predictor_eval(cfg: PredictorCmdConfig) -> int:
+    from nas import predictor_commands
+
+    result = predictor_commands.evaluate(cfg, _printer(cfg.format))
+    if cfg.format == "json":
+        print(json.dumps(result))
+    return 0
+
+
 def _load_arch(spec: str) -> Arch:
     refs = reference_archs()
     if spec in refs:
@@ -138,7 +157,9 @@ def _export_json(result: Any) -> dict[str, Any]:
 def _table(records: list[TrialRecord], cfg: SearchConfig) -> str:
     front = {r.number for r in pareto_front(records)}
     done = sorted((r for r in records if r.state == "complete"), key=lambda r: r.latency_ms)
-    lines = [f"\n{len(records)} trials: {len(done)} complete, {sum(r.state == 'failed' for r in records)} failed",
+    counts = {s: sum(r.state == s for r in records) for s in ("failed", "skipped")}
+    lines = [f"\n{len(records)} trials: {len(done)} complete, {counts['failed']} failed, {counts['skipped']} skipped "
+             "by the latency predictor",
              f"{'trial':>5}  {'arch':<22} {cfg.target.statistic + ' ms':>8} {'top-1':>6} {'params':>10} "
              f"{'MMACs':>7}  budget  pareto"]
     for r in done:
@@ -158,4 +179,4 @@ def _printer(fmt: str) -> Any:
     return say
 
 
-__all__ = ["NasError", "export", "measure", "search"]
+__all__ = ["NasError", "export", "measure", "predictor_eval", "predictor_fit", "search"]

@@ -139,11 +139,28 @@ class StudyConfig:
 
 
 @dataclass
+class PredictorSearchConfig:
+    """How `nas search` uses a latency predictor to skip candidates that are surely over budget."""
+
+    enabled: bool = True
+    kind: str = "kernel_sum"  # the fitted file to load (`nas predictor fit kind=...`); online fits are kernel_sum
+    z: float = 2.0  # skip when predicted - z * std > budget
+    min_fit: int = 8  # measurements before an online predictor is fitted
+    refit_every: int = 4  # new measurements between refits
+
+    def __post_init__(self) -> None:
+        _require(self.z >= 0, f"predictor.z={self.z} must be >= 0")
+        _require(self.min_fit >= 3, f"predictor.min_fit={self.min_fit} must be >= 3")
+        _require(self.refit_every >= 1, f"predictor.refit_every={self.refit_every} must be >= 1")
+
+
+@dataclass
 class SearchConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    predictor: PredictorSearchConfig = field(default_factory=PredictorSearchConfig)
     budget_ms: float = 10.0
     workdir: str = "nas-workdir"
     format: str = "text"
@@ -168,10 +185,35 @@ class MeasureConfig:
         _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
 
 
+@dataclass
+class PredictorCmdConfig:
+    """`nas predictor fit` / `nas predictor eval`."""
+
+    target: TargetConfig = field(default_factory=TargetConfig)
+    search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    kind: str = "kernel_sum"
+    n_samples: int = 200
+    seed: int = 0
+    num_classes: int = 10  # the classifier head the searches deploy (10 for digits)
+    noise_repeats: int = 10  # eval: archs measured twice to show the measurement noise floor
+    experiment: str = "nas-predictors"
+    workdir: str = "nas-workdir"
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        from nas.predictors.registry import PREDICTORS
+
+        _require(self.kind in PREDICTORS, f"kind={self.kind} must be one of {sorted(PREDICTORS)}")
+        _require(self.n_samples >= 5, f"n_samples={self.n_samples} must be >= 5")
+        _require(self.num_classes >= 2, f"num_classes={self.num_classes} must be >= 2")
+        _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="search_schema", node=SearchConfig)
     cs.store(name="measure_schema", node=MeasureConfig)
+    cs.store(name="predictor_schema", node=PredictorCmdConfig)
     cs.store(group="target", name="target_schema", node=TargetConfig)
     cs.store(group="search_space", name="search_space_schema", node=SearchSpaceConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)

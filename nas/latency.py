@@ -29,11 +29,25 @@ def deploy_shape(cfg: TargetConfig, arch: Arch) -> tuple[int, int, int, int]:
     return (cfg.input_shape[0], cfg.input_shape[1], arch.resolution, arch.resolution)
 
 
+def setup_fingerprint(target: Target, num_classes: int) -> dict:
+    """The measurement set-up: the target's fingerprint and the classifier head (the resolution is in the arch)."""
+    return {**target.fingerprint(), "num_classes": num_classes}
+
+
+def measured_archs(cache: MeasurementCache, target: Target, num_classes: int) -> tuple[list[Arch], list[LatencyStats]]:
+    """Every arch measured on this set-up so far: the predictor's training set."""
+    archs, stats = [], []
+    for extra, s in cache.rows(setup_fingerprint(target, num_classes)):
+        if "arch" in extra:
+            archs.append(Arch.from_dict(extra["arch"]))
+            stats.append(s)
+    return archs, stats
+
+
 def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: MeasurementCache, onnx_path: Path,
                  num_classes: int) -> ArchLatency:
     """Measured latency of ``arch`` (from the cache when this set-up measured it before)."""
-    fp = target.fingerprint()
-    fp = {**fp, "shape": list(deploy_shape(cfg, arch)), "num_classes": num_classes}
+    fp = setup_fingerprint(target, num_classes)
     hit = cache.get(arch.hash, fp)
     if hit is not None:
         stats, extra = hit
@@ -48,7 +62,7 @@ def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: Measureme
     t3 = time.perf_counter()
     stats = target.measure(onnx_path)
     t4 = time.perf_counter()
-    cache.put(arch.hash, fp, stats, {"graph": graph.__dict__})
+    cache.put(arch.hash, fp, stats, {"graph": graph.__dict__, "arch": arch.to_dict()})
     timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2, "measure": t4 - t3}
     timings.update(getattr(target, "last_timings", {}))  # a target may split session set-up from timing
     return ArchLatency(stats, graph, cached=False, timings=timings)

@@ -54,6 +54,13 @@ class MeasurementCache:
                  json.dumps(stats.to_dict()), json.dumps(extra or {}), time.time()),
             )
 
+    def rows(self, fingerprint: dict[str, Any]) -> list[tuple[dict[str, Any], LatencyStats]]:
+        """(extra, stats) of every measurement on this set-up, oldest first."""
+        with self._connect() as db:
+            found = db.execute("SELECT extra, stats FROM measurements WHERE fingerprint_hash=? ORDER BY created",
+                               (fingerprint_hash(fingerprint),)).fetchall()
+        return [(json.loads(e), LatencyStats.from_dict(json.loads(s))) for e, s in found]
+
     def count(self, fingerprint: dict[str, Any] | None = None) -> int:
         with self._connect() as db:
             if fingerprint is None:

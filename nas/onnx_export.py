@@ -21,6 +21,8 @@ def export_onnx(model: torch.nn.Module, shape: tuple[int, ...], path: Path, expo
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     x = torch.zeros(*shape)
+    if exporter == "dynamo":
+        opset = max(opset, 18)  # the dynamo exporter's down-conversion below 18 fails on these models
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=exporter == "dynamo", opset_version=opset,

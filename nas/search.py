@@ -23,6 +23,8 @@ from nas.export import ExportResult, bundle_name, choose, write_bundle
 from nas.latency import deploy_shape, measure_arch
 from nas.measure_cache import MeasurementCache
 from nas.plots import front_json, plot_pareto
+from nas.predictor_gate import PredictorGate
+from nas.predictors.base import predictor_path
 from nas.records import TrialRecord, best_under_budget, pareto_front, record_of
 from nas.search_spaces.factorized import FactorizedSpace, make_space
 from nas.targets.base import Target
@@ -81,6 +83,9 @@ class _Context:
         self.scratch = workdir / "scratch"
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.history: dict[int, list[float]] = {}  # epoch -> top-1 of earlier trials (early cut-off)
+        self.gate = PredictorGate(cfg.predictor, cfg.target.statistic, cfg.budget_ms, target, self.cache,
+                                  data.num_classes, predictor_path(workdir, cfg.target.name, target.fingerprint(),
+                                                                   cfg.predictor.kind))
 
 
 def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
@@ -110,6 +115,9 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
         _remember_history(ctx, r.attrs.get("history"))
 
     enqueued = _enqueue_references(study, space) if cfg.search_space.enqueue_references else []
+    if cfg.predictor.enabled:
+        log(f"latency predictor: {ctx.gate.source}" + ("" if ctx.gate.predictor else
+            f" (fitted online after {cfg.predictor.min_fit} measurements on this set-up)"))
     log(f"study {name}: {before} trial(s) stored, adding {cfg.study.n_trials}"
         + (f" (first: {', '.join(enqueued)})" if enqueued else "")
         + f"; budget {cfg.budget_ms:g} ms {cfg.target.statistic} on {cfg.target.name}; workdir {workdir}")
@@ -126,6 +134,8 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
         shutil.rmtree(ctx.scratch, ignore_errors=True)
 
     records = [record_of(name, t) for t in study.trials]
+    if cfg.predictor.enabled:
+        log(ctx.gate.summary())
     _finish_tracking(ctx, records)
     export, export_error = None, None
     try:
@@ -166,6 +176,18 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
     status = "FAILED"
     try:
         stat = cfg.target.statistic
+        pred = ctx.gate.predict(arch, protect=ref is not None)  # references are always measured
+        if pred is not None:
+            trial.set_user_attr("predicted_ms", pred.mean_ms)
+            trial.set_user_attr("predicted_std_ms", pred.std_ms)
+        if pred is not None and pred.skip:
+            ctx.gate.stats.skipped += 1
+            ctx.tracker.log(run_id, {"predicted_latency_ms": pred.mean_ms, "predicted_latency_std_ms": pred.std_ms},
+                            tags={"state": "skipped", "latency_source": "predicted", "feasible": "false",
+                                  "pareto": "false"})
+            status = "FINISHED"
+            raise optuna.TrialPruned(f"predicted {pred.mean_ms:.2f} ± {pred.std_ms:.2f} ms, over budget "
+                                     f"{cfg.budget_ms:g} ms")
         try:
             lat = measure_arch(arch, ctx.target, cfg.target, ctx.cache, ctx.scratch / "candidate.onnx",
                                ctx.data.num_classes)
@@ -173,6 +195,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             raise _fail(trial, ctx, run_id, "latency", e) from e
         times.update(lat.timings)
         latency_ms = lat.stats.value(stat)
+        ctx.gate.observe(pred, latency_ms, lat.cached)
         trial.set_user_attr("latency", lat.stats.to_dict())
         trial.set_user_attr("latency_ms", latency_ms)
         trial.set_user_attr("params", lat.graph.params)
@@ -294,7 +317,10 @@ class _Progress:
         r = record_of(study.study_name, frozen)
         arch = r.arch.summary(r.attrs.get("reference")) if r.arch else ""
         head = f"[{self.i:>3}/{self.n}] trial {r.number:>3} {arch}"
-        if r.state == "complete":
+        if r.state == "skipped":
+            mean, std = r.attrs.get("predicted_ms", 0.0), r.attrs.get("predicted_std_ms", 0.0)
+            body = f"skipped: predicted {mean:.2f} ± {std:.2f} ms, surely over budget"
+        elif r.state == "complete":
             mark = "ok " if r.latency_ms <= self.cfg.budget_ms else "over"
             cut = " (cut off)" if r.attrs.get("cut_off") else ""
             body = f"{self.cfg.target.statistic} {r.latency_ms:6.2f} ms {mark} | top-1 {r.accuracy:.3f}{cut}"

@@ -1,0 +1,94 @@
+"""The search's latency gate: predict first, skip what is surely over budget, learn from every measurement."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nas.arch import Arch
+from nas.config import PredictorSearchConfig
+from nas.latency import measured_archs
+from nas.measure_cache import MeasurementCache
+from nas.predictors.base import PredictorError, load_predictor
+from nas.predictors.kernel_sum import KernelSumPredictor
+from nas.targets.base import Target
+
+
+@dataclass(frozen=True)
+class Prediction:
+    mean_ms: float
+    std_ms: float
+    skip: bool
+
+
+@dataclass
+class GateStats:
+    skipped: int = 0
+    measured_with_prediction: int = 0
+    abs_rel_errors: list[float] = field(default_factory=list)
+    refits: int = 0
+
+
+class PredictorGate:
+    """Holds the current predictor; ``None`` until one is loaded or enough measurements exist to fit one."""
+
+    def __init__(self, cfg: PredictorSearchConfig, statistic: str, budget_ms: float, target: Target,
+                 cache: MeasurementCache, num_classes: int, predictor_file: Path | None) -> None:
+        self.cfg, self.statistic, self.budget_ms = cfg, statistic, budget_ms
+        self.target, self.cache, self.num_classes = target, cache, num_classes
+        self.predictor = None
+        self.source = "none"
+        self.n_fit = 0
+        self.new_measurements = 0
+        self.stats = GateStats()
+        if predictor_file is not None and predictor_file.exists():
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    predictor, doc = load_predictor(predictor_file, target.fingerprint())
+                if doc.get("num_classes") == num_classes and not caught:
+                    self.predictor, self.source = predictor, f"fitted ({predictor_file.name})"
+                    self.n_fit = int(doc.get("n_fit", 0))
+            except PredictorError:
+                pass  # an unreadable file: fit online instead
+        if self.predictor is None:
+            self.refit()
+
+    def refit(self) -> None:
+        """Fit a kernel-sum predictor on every measurement of this set-up (never fewer points than it had)."""
+        archs, stats = measured_archs(self.cache, self.target, self.num_classes)
+        if len(archs) < max(self.cfg.min_fit, self.n_fit + 1):
+            return
+        y = np.array([s.value(self.statistic) for s in stats])
+        self.predictor = KernelSumPredictor(num_classes=self.num_classes).fit(archs, y)
+        self.source, self.n_fit = f"online ({len(archs)} measurements)", len(archs)
+        self.stats.refits += 1
+
+    def predict(self, arch: Arch, protect: bool = False) -> Prediction | None:
+        if self.predictor is None or not self.cfg.enabled:
+            return None
+        mean, std = self.predictor.predict([arch])
+        m, s = float(mean[0]), float(std[0])
+        return Prediction(m, s, skip=not protect and m - self.cfg.z * s > self.budget_ms)
+
+    def observe(self, prediction: Prediction | None, measured_ms: float, cached: bool) -> None:
+        if prediction is not None:
+            self.stats.measured_with_prediction += 1
+            self.stats.abs_rel_errors.append(abs(prediction.mean_ms - measured_ms) / measured_ms)
+        if not cached:
+            self.new_measurements += 1
+            if self.new_measurements % self.cfg.refit_every == 0 or self.predictor is None:
+                self.refit()
+
+    def summary(self) -> str:
+        s = self.stats
+        parts = [f"predictor: {self.source}; skipped {s.skipped} candidate(s) as surely over budget "
+                 f"(saved {s.skipped} measurement(s) and training run(s))"]
+        if s.abs_rel_errors:
+            e = np.array(s.abs_rel_errors)
+            parts.append(f"on the {len(e)} it predicted and then measured: median |error| {np.median(e):.1%}, "
+                         f"within ±10% {np.mean(e <= 0.10):.0%}")
+        return "; ".join(parts)
