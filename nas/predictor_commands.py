@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from nas.onnx_export import export_onnx
 from nas.predictors.base import load_predictor, predictor_path, save_predictor
 from nas.predictors.registry import PREDICTORS
 from nas.predictors.sampling import sample_stratified
-from nas.search_spaces.factorized import make_space
+from nas.search_spaces.factorized import FactorizedSpace, make_space
 from nas.targets.base import Target
 from nas.targets.onnxruntime_cpu import make_target
 from nas.tracking import Tracker
@@ -45,11 +46,25 @@ def measure_many(archs: list[Arch], target: Target, cfg: PredictorCmdConfig, wor
     return out
 
 
-def fit(cfg: PredictorCmdConfig, say: Any) -> dict[str, Any]:
-    workdir = Path(cfg.workdir).expanduser().resolve()
+def _setup(cfg: PredictorCmdConfig) -> tuple[Path, Target, FactorizedSpace, dict[str, Any]]:
     target = make_target(cfg.target)
-    space = make_space(cfg.search_space)
-    fp = target.fingerprint()
+    return Path(cfg.workdir).expanduser().resolve(), target, make_space(cfg.search_space), target.fingerprint()
+
+
+def _log_run(cfg: PredictorCmdConfig, workdir: Path, command: str, metrics: dict[str, float],
+             artifact: Path, artifact_dir: str, tags: dict[str, str] | None = None) -> None:
+    """One MLflow run per predictor command, in the predictors' experiment."""
+    tracker = Tracker(workdir, cfg.experiment)
+    run = tracker.client.create_run(tracker.experiment_id, run_name=f"{command}-{cfg.target.name}-{cfg.kind}",
+                                    tags={"command": f"predictor {command}", "target": cfg.target.name,
+                                          "kind": cfg.kind, **(tags or {})})
+    tracker.log(run.info.run_id, metrics)
+    tracker.log_artifact(run.info.run_id, artifact, artifact_dir)
+    tracker.end(run.info.run_id)
+
+
+def fit(cfg: PredictorCmdConfig, say: Any) -> dict[str, Any]:
+    workdir, target, space, fp = _setup(cfg)
     archs = sample_stratified(space, cfg.n_samples, cfg.seed)
     say(f"fitting a {cfg.kind} predictor for {cfg.target.name} on {len(archs)} archs of {space.name} "
         f"(stratified over MACs)")
@@ -58,7 +73,11 @@ def fit(cfg: PredictorCmdConfig, say: Any) -> dict[str, Any]:
     entries_s = 0.0
     if cfg.kind == "lut":  # the table's entries are measured first, block by block, on the target
         t0 = time.perf_counter()
-        measure = make_entry_measure(target, cfg.target, workdir / "scratch", cfg.num_classes)
+        # Entries are small and many: fewer timed runs each, no pauses (the table's scale/overhead fit absorbs
+        # the systematic part of the difference to whole-model timing).
+        entry_cfg = replace(cfg.target, repeats=max(10, cfg.target.repeats // 4), rounds=min(3, cfg.target.rounds),
+                            round_pause_s=0.0)
+        measure = make_entry_measure(make_target(entry_cfg), entry_cfg, workdir / "scratch", cfg.num_classes)
         predictor.fit(archs, y, measure, progress=lambda i, n: say(f"lookup table: entries of arch {i}/{n}")
                       if i % 10 == 0 or i == n else None)
         entries_s = time.perf_counter() - t0
@@ -73,22 +92,15 @@ def fit(cfg: PredictorCmdConfig, say: Any) -> dict[str, Any]:
                            "statistic": cfg.target.statistic, "n_fit": len(archs)})
     result = {"path": str(path), "kind": cfg.kind, "n_fit": len(archs), "fit_seconds": fit_s,
               "entry_measure_seconds": entries_s, "train_mape": train_mape}
-    tracker = Tracker(workdir, cfg.experiment)
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"fit-{cfg.target.name}-{cfg.kind}",
-                                    tags={"command": "predictor fit", "target": cfg.target.name, "kind": cfg.kind})
-    tracker.log(run.info.run_id, {"fit_seconds": fit_s, "train_mape": train_mape, "n_fit": len(archs)},
-                tags={"fingerprint": json.dumps(fp, sort_keys=True)})
-    tracker.log_artifact(run.info.run_id, path, "predictor")
-    tracker.end(run.info.run_id)
+    _log_run(cfg, workdir, "fit", {"fit_seconds": fit_s, "train_mape": train_mape, "n_fit": len(archs),
+                                   "entry_measure_seconds": entries_s}, path, "predictor",
+             {"fingerprint": json.dumps(fp, sort_keys=True)})
     say(f"fitted in {fit_s:.2f} s, training MAPE {train_mape:.1%}; saved {path}")
     return result
 
 
 def evaluate(cfg: PredictorCmdConfig, say: Any) -> dict[str, Any]:
-    workdir = Path(cfg.workdir).expanduser().resolve()
-    target = make_target(cfg.target)
-    space = make_space(cfg.search_space)
-    fp = target.fingerprint()
+    workdir, target, space, fp = _setup(cfg)
     path = predictor_path(workdir, cfg.target.name, fp, cfg.kind)
     if not path.exists():
         raise NasError(f"no {cfg.kind} predictor for target {cfg.target.name} in {workdir}: run "
@@ -107,14 +119,9 @@ def evaluate(cfg: PredictorCmdConfig, say: Any) -> dict[str, Any]:
     m["noise_floor"] = noise_floor(held_out[: cfg.noise_repeats], y[: cfg.noise_repeats], target, cfg, workdir)
     png = workdir / "plots" / f"predictor-{cfg.target.name}-{cfg.kind}.png"
     plot_predicted(mean, std, y, png, f"{cfg.kind} on {cfg.target.name}: {len(y)} held-out archs", m)
-    tracker = Tracker(workdir, cfg.experiment)
-    run = tracker.client.create_run(tracker.experiment_id, run_name=f"eval-{cfg.target.name}-{cfg.kind}",
-                                    tags={"command": "predictor eval", "target": cfg.target.name, "kind": cfg.kind})
     flat = {k: v for k, v in m.items() if isinstance(v, float | int)}
     flat.update({f"noise_{k}": v for k, v in m["noise_floor"].items() if isinstance(v, float | int)})
-    tracker.log(run.info.run_id, flat)
-    tracker.log_artifact(run.info.run_id, png, "plots")
-    tracker.end(run.info.run_id)
+    _log_run(cfg, workdir, "eval", flat, png, "plots")
     nf = m["noise_floor"]
     say(f"held-out {m['n']}: MAPE {m['mape']:.1%}, within ±5% {m['within_5']:.1%}, within ±10% "
         f"{m['within_10']:.1%}, Kendall tau {m['kendall_tau']:.3f}, RMSE {m['rmse_ms']:.3f} ms; predict "
