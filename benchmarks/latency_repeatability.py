@@ -18,7 +18,7 @@ from nas.search_spaces.references import reference_archs
 from nas.build import build_model
 from nas.config import TargetConfig
 from nas.onnx_export import export_onnx
-from nas.targets.onnxruntime_cpu import make_target
+from nas.targets.factory import make_target
 
 
 def main() -> None:

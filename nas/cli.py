@@ -23,9 +23,10 @@ COMMANDS = {
     "measure": "measure one model: arch=NAME|arch.json or model=path.onnx",
     "predictor fit": "measure diverse archs and fit a latency predictor for the target",
     "predictor eval": "test the target's predictor on fresh held-out archs (RMSE, MAPE, ±5/±10%, Kendall tau)",
+    "agent": "serve measurements on this device over HTTP (for target=remote)",
 }
 CONFIG_OF = {"search": "search", "export": "export", "measure": "measure", "predictor fit": "predictor",
-             "predictor eval": "predictor"}
+             "predictor eval": "predictor", "agent": "agent"}
 
 register_configs()
 
@@ -71,8 +72,15 @@ def predictor_eval_main(cfg: DictConfig) -> None:
     _run("predictor eval", cfg)
 
 
-MAINS: dict[str, Callable[[], None]] = {"search": search_main, "export": export_main, "measure": measure_main,
-                                        "predictor fit": predictor_fit_main, "predictor eval": predictor_eval_main}
+@hydra.main(config_path=CONF, config_name="agent", version_base=None)
+def agent_main(cfg: DictConfig) -> None:
+    _run("agent", cfg)
+
+
+MAINS: dict[str, Callable[[], None]] = {
+    "search": search_main, "export": export_main, "measure": measure_main, "predictor fit": predictor_fit_main,
+    "predictor eval": predictor_eval_main, "agent": agent_main,
+}
 
 
 def validate_overrides(command: str, overrides: list[str]) -> str | None:

@@ -10,7 +10,7 @@ import onnx
 import optuna
 
 from nas.arch import Arch
-from nas.config import MeasureConfig, PredictorCmdConfig, SearchConfig
+from nas.config import AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig
 from nas.errors import ConfigError, NasError, StudyNotFound, TargetError
 from nas.latency import measure_arch
 from nas.measure_cache import MeasurementCache
@@ -18,7 +18,7 @@ from nas.onnx_export import graph_stats
 from nas.records import TrialRecord, pareto_front, record_of
 from nas.search import export_best, open_storage, run_search, study_prefix
 from nas.search_spaces.references import reference_archs
-from nas.targets.onnxruntime_cpu import make_target
+from nas.targets.factory import make_target
 from nas.tracking import Tracker, tracking_uri
 
 
@@ -130,6 +130,13 @@ def predictor_eval(cfg: PredictorCmdConfig) -> int:
     return 0
 
 
+def agent(cfg: AgentConfig) -> int:
+    from nas.agent.server import serve
+
+    serve(cfg)
+    return 0
+
+
 def _load_arch(spec: str) -> Arch:
     refs = reference_archs()
     if spec in refs:
@@ -179,4 +186,4 @@ def _printer(fmt: str) -> Any:
     return say
 
 
-__all__ = ["NasError", "export", "measure", "predictor_eval", "predictor_fit", "search"]
+__all__ = ["NasError", "agent", "export", "measure", "predictor_eval", "predictor_fit", "search"]

@@ -36,6 +36,10 @@ class TargetConfig:
     precision: str = "fp32"
     exporter: str = "legacy"  # legacy (TorchScript) or dynamo; see benchmarks/trial_breakdown.py
     opset: int = 17
+    url: str | None = None  # runtime=agent: where `nas agent` listens, e.g. http://127.0.0.1:8765
+    token: str | None = None  # runtime=agent: the agent's token, when it has one
+    timeout_s: float = 300.0  # runtime=agent: per request
+    retries: int = 3  # runtime=agent: attempts on a dropped connection
 
     def __post_init__(self) -> None:
         _require(self.statistic in STATISTICS, f"target.statistic={self.statistic} must be one of {STATISTICS}")
@@ -47,6 +51,10 @@ class TargetConfig:
                  f"target.input_shape={list(self.input_shape)} must be [batch, channels, height, width]")
         _require(self.exporter in ("legacy", "dynamo"), f"target.exporter={self.exporter} must be legacy or dynamo")
         _require(self.precision == "fp32", f"target.precision={self.precision}: only fp32 is supported so far")
+        _require(self.runtime in ("onnxruntime", "agent"), f"target.runtime={self.runtime}: use onnxruntime or agent")
+        _require(self.runtime != "agent" or bool(self.url),
+                 "target=remote needs target.url=http://HOST:PORT of a running `nas agent`")
+        _require(self.retries >= 1, f"target.retries={self.retries} must be >= 1")
 
 
 @dataclass
@@ -209,11 +217,32 @@ class PredictorCmdConfig:
         _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
 
 
+@dataclass
+class AgentConfig:
+    """`nas agent`: the measurement server that runs on the device."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None  # required to bind anything but loopback
+    max_upload_mb: float = 64.0
+    request_timeout_s: float = 60.0  # to receive an upload
+    measure_timeout_s: float = 600.0  # to answer a measurement, queue included
+
+    def __post_init__(self) -> None:
+        loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        _require(loopback or bool(self.token),
+                 f"host={self.host} exposes the agent beyond this machine: set token=SECRET (clients send it as "
+                 "target.token)")
+        _require(0 < self.port < 65536, f"port={self.port} must be in 1..65535")
+        _require(self.max_upload_mb > 0, f"max_upload_mb={self.max_upload_mb} must be > 0")
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="search_schema", node=SearchConfig)
     cs.store(name="measure_schema", node=MeasureConfig)
     cs.store(name="predictor_schema", node=PredictorCmdConfig)
+    cs.store(name="agent_schema", node=AgentConfig)
     cs.store(group="target", name="target_schema", node=TargetConfig)
     cs.store(group="search_space", name="search_space_schema", node=SearchSpaceConfig)
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)

@@ -25,7 +25,7 @@ from nas.predictors.registry import PREDICTORS
 from nas.predictors.sampling import sample_stratified
 from nas.search_spaces.factorized import FactorizedSpace, make_space
 from nas.targets.base import Target
-from nas.targets.onnxruntime_cpu import make_target
+from nas.targets.factory import make_target
 from nas.tracking import Tracker
 
 

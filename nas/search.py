@@ -28,10 +28,10 @@ from nas.predictors.base import predictor_path
 from nas.records import TrialRecord, best_under_budget, pareto_front, record_of
 from nas.search_spaces.factorized import FactorizedSpace, make_space
 from nas.targets.base import Target
-from nas.targets.onnxruntime_cpu import make_target
+from nas.targets.factory import make_target
 from nas.tracking import Tracker
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it once
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 

@@ -9,7 +9,7 @@ from nas.build import build_model
 from nas.config import TargetConfig
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import export_onnx, graph_stats
-from nas.targets.onnxruntime_cpu import make_target
+from nas.targets.factory import make_target
 from tests.conftest import last_json, run_nas
 
 SMALL = ["target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10", "target.rounds=2",

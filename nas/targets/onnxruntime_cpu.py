@@ -113,9 +113,3 @@ def _random_input(node: Any, default_shape: list[int]) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     return rng.integers(0, 10, size=shape).astype(dtype)
-
-
-def make_target(cfg: TargetConfig) -> OnnxRuntimeTarget:
-    if cfg.runtime != "onnxruntime":
-        raise TargetError(f"target.runtime={cfg.runtime} is not supported yet (use onnxruntime)")
-    return OnnxRuntimeTarget(cfg)

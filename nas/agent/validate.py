@@ -1,0 +1,33 @@
+"""What the agent checks before it runs an uploaded model: a well-formed ONNX graph with standard operators only."""
+
+from __future__ import annotations
+
+import onnx
+
+# Operator domains ONNX Runtime implements itself; anything else needs a custom-op library, which is refused.
+ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+
+
+class ModelRejected(ValueError):
+    """The upload is not a model the agent will run; the message says why."""
+
+
+def validate_onnx(data: bytes) -> onnx.ModelProto:
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # protobuf raises DecodeError and friends
+        raise ModelRejected("the upload is not an ONNX model") from None
+    if not model.graph.node:
+        raise ModelRejected("the upload is not an ONNX model (empty graph)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ModelRejected(f"invalid ONNX model: {str(e).splitlines()[0]}") from None
+    domains = {n.domain for n in model.graph.node} | {o.domain for o in model.opset_import}
+    custom = sorted(d for d in domains if d not in ALLOWED_DOMAINS)
+    if custom:
+        raise ModelRejected(f"custom operator domain(s) {custom} refused: the agent loads no custom-op libraries")
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelRejected("models with external data files are refused: export with external_data=False")
+    return model
