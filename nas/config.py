@@ -36,6 +36,8 @@ class TargetConfig:
     precision: str = "fp32"
     exporter: str = "legacy"  # legacy (TorchScript) or dynamo; see benchmarks/trial_breakdown.py
     opset: int = 17
+    scope: str = "model"  # what the budget covers: the model alone, or the pipeline (decode, resize, ..., top-5)
+    source_size: list[int] = field(default_factory=lambda: [480, 640])  # pipeline: the JPEG's height, width
     url: str | None = None  # runtime=agent: where `nas agent` listens, e.g. http://127.0.0.1:8765
     token: str | None = None  # runtime=agent: the agent's token, when it has one
     timeout_s: float = 300.0  # runtime=agent: per request
@@ -50,10 +52,12 @@ class TargetConfig:
         _require(len(self.input_shape) == 4 and all(d >= 1 for d in self.input_shape),
                  f"target.input_shape={list(self.input_shape)} must be [batch, channels, height, width]")
         _require(self.exporter in ("legacy", "dynamo"), f"target.exporter={self.exporter} must be legacy or dynamo")
-        _require(self.precision == "fp32", f"target.precision={self.precision}: only fp32 is supported so far")
+        _require(self.precision in ("fp32", "fp16", "int8"),
+                 f"target.precision={self.precision} must be fp32, fp16 or int8")
         _require(self.runtime in ("onnxruntime", "agent"), f"target.runtime={self.runtime}: use onnxruntime or agent")
         _require(self.runtime != "agent" or bool(self.url),
                  "target=remote needs target.url=http://HOST:PORT of a running `nas agent`")
+        _require(self.scope in ("model", "pipeline"), f"target.scope={self.scope} must be model or pipeline")
         _require(self.retries >= 1, f"target.retries={self.retries} must be >= 1")
 
 

@@ -72,7 +72,7 @@ def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, 
     try:
         model = build_model(arch, num_classes=num_classes, seed=0)
         export_onnx(model, deploy_shape(cfg.target, arch), tmp / "model.onnx", cfg.target.exporter,
-                    cfg.target.opset)
+                    cfg.target.opset, fp16=cfg.target.precision == "fp16")
         arch_doc = {"arch": arch.to_dict(), "hash": arch.hash, "timm_block_strings": arch.block_strings(),
                     "family": arch.family}
         (tmp / "arch.json").write_text(json.dumps(arch_doc, indent=2))
@@ -102,6 +102,8 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "budget_ms": cfg.budget_ms,
         "budget_statistic": stat,
         "latency_source": "measured",
+        "precision": cfg.target.precision,
+        "scope": cfg.target.scope,
         "latency_ms": r.latency.to_dict() if r.latency else {stat: r.latency_ms},
         "meets_budget": r.latency_ms <= cfg.budget_ms,
         "accuracy_top1": r.accuracy,
@@ -119,7 +121,9 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "build": timm_snippet(r, num_classes),
         "reproduce": reproduce_command(cfg),
         "weights": "model.onnx carries seeded random weights: it is the architecture at the deployment shape, "
-                   "to be trained by the training team",
+                   "to be trained by the training team"
+                   + ("; the latency was measured on its int8 QDQ form (ONNX Runtime static quantization), so "
+                      "quantize the trained model the same way" if cfg.target.precision == "int8" else ""),
     }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from nas.accuracy.datasets import TensorSplits
 from nas.arch import Arch
 from nas.build import build_model, count_params
 from nas.config import TargetConfig
@@ -45,8 +46,12 @@ def measured_archs(cache: MeasurementCache, target: Target, num_classes: int) ->
 
 
 def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: MeasurementCache, onnx_path: Path,
-                 num_classes: int) -> ArchLatency:
-    """Measured latency of ``arch`` (from the cache when this set-up measured it before)."""
+                 num_classes: int, data: TensorSplits | None = None) -> ArchLatency:
+    """Measured latency of ``arch`` (from the cache when this set-up measured it before).
+
+    With ``precision=int8`` the exported model is statically quantized first, calibrated on ``data`` (seeded
+    noise without a dataset: the scales change, the operators and so the latency do not).
+    """
     fp = setup_fingerprint(target, num_classes)
     hit = cache.get(arch.hash, fp)
     if hit is not None:
@@ -55,14 +60,24 @@ def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: Measureme
     t0 = time.perf_counter()
     model = build_model(arch, num_classes=num_classes)
     t1 = time.perf_counter()
-    export_onnx(model, deploy_shape(cfg, arch), onnx_path, cfg.exporter, cfg.opset)
+    params = count_params(model)
+    export_onnx(model, deploy_shape(cfg, arch), onnx_path, cfg.exporter, cfg.opset, fp16=cfg.precision == "fp16")
     t2 = time.perf_counter()
     # timm's parameter count (BatchNorm included), not the ONNX one (BatchNorm folded into convolutions).
-    graph = replace(graph_stats(onnx.load(str(onnx_path))), params=count_params(model))
+    graph = replace(graph_stats(onnx.load(str(onnx_path))), params=params)
     t3 = time.perf_counter()
+    quantize_s = 0.0
+    if cfg.precision == "int8":
+        from nas.quantize import calibration_batches, quantize_int8
+
+        onnx_path = quantize_int8(onnx_path, onnx_path.with_name("int8-" + onnx_path.name),
+                                  calibration_batches(deploy_shape(cfg, arch), data))
+        quantize_s = time.perf_counter() - t3
+        t3 = time.perf_counter()
     stats = target.measure(onnx_path)
     t4 = time.perf_counter()
     cache.put(arch.hash, fp, stats, {"graph": graph.__dict__, "arch": arch.to_dict()})
-    timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2, "measure": t4 - t3}
+    timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2 - quantize_s, "quantize": quantize_s,
+               "measure": t4 - t3}
     timings.update(getattr(target, "last_timings", {}))  # a target may split session set-up from timing
     return ArchLatency(stats, graph, cached=False, timings=timings)

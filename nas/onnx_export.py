@@ -16,11 +16,16 @@ from onnx import shape_inference
 
 
 def export_onnx(model: torch.nn.Module, shape: tuple[int, ...], path: Path, exporter: str = "legacy",
-                opset: int = 17) -> Path:
-    """Write ``model`` as ONNX with input ``input`` and output ``logits``; atomically (temp file, rename)."""
+                opset: int = 17, fp16: bool = False) -> Path:
+    """Write ``model`` as ONNX with input ``input`` and output ``logits``; atomically (temp file, rename).
+
+    ``fp16`` exports weights, input and output in half precision (the model is converted in place).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     x = torch.zeros(*shape)
+    if fp16:
+        model, x = model.half(), x.half()
     if exporter == "dynamo":
         opset = max(opset, 18)  # the dynamo exporter's down-conversion below 18 fails on these models
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):

@@ -190,7 +190,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
                                      f"{cfg.budget_ms:g} ms")
         try:
             lat = measure_arch(arch, ctx.target, cfg.target, ctx.cache, ctx.scratch / "candidate.onnx",
-                               ctx.data.num_classes)
+                               ctx.data.num_classes, ctx.data)
         except Exception as e:  # export errors, ORT errors: this candidate fails, the study goes on
             raise _fail(trial, ctx, run_id, "latency", e) from e
         times.update(lat.timings)
@@ -208,7 +208,8 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
 
         try:
             acc = evaluate_accuracy(arch, ctx.data, cfg.study.epochs, cfg.study.batch_size, cfg.study.lr,
-                                    cfg.study.seed, cfg.study.train_threads or os.cpu_count() or 1, on_epoch)
+                                    cfg.study.seed, cfg.study.train_threads or os.cpu_count() or 1, on_epoch,
+                                    cfg.target.precision)
         except (TrainingDiverged, RuntimeError, MemoryError) as e:
             raise _fail(trial, ctx, run_id, "training", e) from e
         times["train"] = acc.train_seconds
@@ -218,7 +219,8 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
 
         t0 = time.perf_counter()
         feasible = latency_ms <= cfg.budget_ms
-        metrics = {"accuracy": acc.top1, "params": lat.graph.params, "macs": lat.graph.macs,
+        metrics = {"accuracy": acc.top1, **({"accuracy_fp32": acc.top1_fp32} if acc.top1_fp32 is not None else {}),
+                   "params": lat.graph.params, "macs": lat.graph.macs,
                    "train_seconds": acc.train_seconds, "measure_seconds": lat.timings.get("measure", 0.0),
                    **{f"latency_{k}_ms": v for k, v in lat.stats.to_dict().items() if k not in ("n", "cv")},
                    "latency_cv": lat.stats.cv}

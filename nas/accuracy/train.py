@@ -27,10 +27,12 @@ class AccuracyResult:
     final_loss: float
     history: tuple[float, ...]  # validation top-1 after each epoch
     cut_off: bool = False  # stopped early by the epoch callback
+    top1_fp32: float | None = None  # with int8: the float model's top-1 (``top1`` is the quantized model's)
 
 
 def evaluate_accuracy(arch: Arch, data: TensorSplits, epochs: int, batch_size: int, lr: float, seed: int,
-                      threads: int, on_epoch: Callable[[int, float], bool] | None = None) -> AccuracyResult:
+                      threads: int, on_epoch: Callable[[int, float], bool] | None = None,
+                      precision: str = "fp32") -> AccuracyResult:
     """Train ``arch`` from scratch for ``epochs`` and return validation top-1.
 
     ``on_epoch(epoch, top1)`` is called after each epoch; returning ``True`` cuts the run short (the last
@@ -65,6 +67,11 @@ def evaluate_accuracy(arch: Arch, data: TensorSplits, epochs: int, batch_size: i
         if on_epoch is not None and epoch + 1 < epochs and on_epoch(epoch + 1, history[-1]):
             cut = True
             break
+    if precision == "int8" and not cut:
+        from nas.quantize import int8_top1
+
+        q = int8_top1(model, data, batch_size)
+        return AccuracyResult(q, len(history), time.perf_counter() - t0, loss_value, tuple(history), cut, history[-1])
     return AccuracyResult(history[-1], len(history), time.perf_counter() - t0, loss_value, tuple(history), cut)
 
 

@@ -116,6 +116,15 @@ class Agent:
             values["round_pause_s"] = min(max(float(q["round_pause_s"]), 0.0), 1.0)
         if "providers" in q:
             values["providers"] = q["providers"].split(",")
+        if "scope" in q:
+            if q["scope"] not in ("model", "pipeline"):
+                raise ValueError(f"scope={q['scope']} must be model or pipeline")
+            values["scope"] = q["scope"]
+        if "source_size" in q:
+            h, w = (int(v) for v in q["source_size"].split(","))
+            if not (8 <= h <= 8192 and 8 <= w <= 8192):
+                raise ValueError(f"source_size={h},{w} must be within 8..8192")
+            values["source_size"] = [h, w]
         return replace(TargetConfig(name="agent"), **values)
 
     def _measure_locked(self, body: bytes, settings: TargetConfig) -> dict[str, Any]:

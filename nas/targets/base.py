@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ class LatencyStats:
     std: float
     min: float
     n: int
+    split_ms: dict[str, float] | None = None  # pipeline scope: median ms of preprocess, model, postprocess
 
     @property
     def cv(self) -> float:
@@ -37,7 +38,7 @@ class LatencyStats:
                    float(s.min()), int(s.size))
 
     @classmethod
-    def from_rounds(cls, rounds_ms: list[np.ndarray]) -> LatencyStats:
+    def from_rounds(cls, rounds_ms: list[np.ndarray], split_ms: dict[str, float] | None = None) -> LatencyStats:
         """Percentiles as the median over rounds of each round's percentile.
 
         On a shared machine a burst of foreign load spoils a stretch of consecutive runs; taking the median
@@ -45,24 +46,27 @@ class LatencyStats:
         benchmarks/latency_repeatability.py). Mean, std and min use all samples.
         """
         if len(rounds_ms) == 1:
-            return cls.from_samples(rounds_ms[0])
+            return replace(cls.from_samples(rounds_ms[0]), split_ms=split_ms)
         per_round = np.array([np.percentile(np.asarray(r, dtype=np.float64), [50, 90, 95, 99]) for r in rounds_ms])
         p50, p90, p95, p99 = np.median(per_round, axis=0)
         s = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds_ms])
         return cls(float(p50), float(p90), float(p95), float(p99), float(s.mean()), float(s.std()),
-                   float(s.min()), int(s.size))
+                   float(s.min()), int(s.size), split_ms)
 
     def value(self, statistic: str) -> float:
         return float(getattr(self, statistic))
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cv"] = self.cv
+        if self.split_ms is None:
+            d.pop("split_ms")
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
-        return cls(**{k: d[k] for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "n")})
+        return cls(**{k: d[k] for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "n")},
+                   split_ms=d.get("split_ms"))
 
 
 class Target(Protocol):

@@ -32,8 +32,10 @@ class OnnxRuntimeTarget:
 
         missing = [p for p in cfg.providers if p not in ort.get_available_providers()]
         if missing:
+            hint = (" install the GPU build: pip uninstall -y onnxruntime && pip install '.[gpu]'"
+                    if any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in missing) else "")
             raise TargetError(f"target {cfg.name}: ONNX Runtime here lacks {missing} "
-                              f"(available: {ort.get_available_providers()})")
+                              f"(available: {ort.get_available_providers()});{hint}")
         self.cfg = cfg
         self.name = cfg.name
         self.last_timings: dict[str, float] = {}  # seconds of the last measure(): session, measure
@@ -55,6 +57,7 @@ class OnnxRuntimeTarget:
             "warmup": self.cfg.warmup,
             "repeats": self.cfg.repeats,
             "rounds": self.cfg.rounds,
+            "scope": self.cfg.scope if self.cfg.scope == "model" else f"pipeline from {self.cfg.source_size} JPEG",
         }
 
     def session(self, model_path: Path) -> Any:
@@ -79,22 +82,56 @@ class OnnxRuntimeTarget:
         return stats
 
     def measure_session(self, sess: Any) -> LatencyStats:
-        feeds = {i.name: _random_input(i, self.cfg.input_shape) for i in sess.get_inputs()}
+        step = self._step(sess)
         for _ in range(self.cfg.warmup):
-            sess.run(None, feeds)
-        rounds = []
+            step()
+        rounds, parts = [], []
         per_round = max(1, self.cfg.repeats // self.cfg.rounds)
         for r in range(self.cfg.rounds):
             if r:
                 time.sleep(self.cfg.round_pause_s)  # spread rounds in time, past short bursts of foreign load
-                sess.run(None, feeds)  # re-warm caches after the pause, untimed
+                step()  # re-warm caches after the pause, untimed
             samples = np.empty(per_round)
             for k in range(per_round):
+                split = step()
+                samples[k] = sum(split.values())
+                parts.append(split)
+            rounds.append(samples)
+        split_ms = None
+        if self.cfg.scope == "pipeline":
+            split_ms = {k: float(np.median([p[k] for p in parts])) for k in parts[0]}
+        return LatencyStats.from_rounds(rounds, split_ms)
+
+    def _step(self, sess: Any) -> Any:
+        """One timed run: the model alone, or decode -> resize -> normalise -> model -> softmax/top-5."""
+        if self.cfg.scope == "model":
+            feeds = {i.name: _random_input(i, self.cfg.input_shape) for i in sess.get_inputs()}
+
+            def model_only() -> dict[str, float]:
                 t0 = time.perf_counter_ns()
                 sess.run(None, feeds)
-                samples[k] = (time.perf_counter_ns() - t0) / 1e6
-            rounds.append(samples)
-        return LatencyStats.from_rounds(rounds)
+                return {"model": (time.perf_counter_ns() - t0) / 1e6}
+
+            return model_only
+        from nas.targets.pipeline import Pipeline
+
+        inp = sess.get_inputs()[0]
+        shape = [d if isinstance(d, int) and d > 0 else self.cfg.input_shape[i] for i, d in enumerate(inp.shape)]
+        pipe = Pipeline(tuple(shape), tuple(self.cfg.source_size))
+
+        def pipeline() -> dict[str, float]:
+            t0 = time.perf_counter_ns()
+            x = pipe.preprocess()
+            t1 = time.perf_counter_ns()
+            logits = sess.run(None, {inp.name: x})[0]
+            t2 = time.perf_counter_ns()
+            pipe.postprocess(logits)
+            t3 = time.perf_counter_ns()
+            # CPU execution: the input is already in the model's memory, so transfer is 0 here.
+            return {"preprocess": (t1 - t0) / 1e6, "transfer": 0.0, "model": (t2 - t1) / 1e6,
+                    "postprocess": (t3 - t2) / 1e6}
+
+        return pipeline
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

@@ -58,12 +58,14 @@ class RemoteTarget:
             "providers": list(self.cfg.providers), "threads": self.cfg.threads, "precision": self.cfg.precision,
             "batch": self.cfg.input_shape[0], "exporter": f"{self.cfg.exporter} opset{self.cfg.opset}",
             "warmup": self.cfg.warmup, "repeats": self.cfg.repeats, "rounds": self.cfg.rounds, "via": "agent",
+            "scope": self.cfg.scope if self.cfg.scope == "model" else f"pipeline from {self.cfg.source_size} JPEG",
         }
 
     def measure(self, model_path: Path) -> LatencyStats:
         params = {"threads": self.cfg.threads, "warmup": self.cfg.warmup, "repeats": self.cfg.repeats,
                   "rounds": self.cfg.rounds, "round_pause_s": self.cfg.round_pause_s,
-                  "providers": ",".join(self.cfg.providers)}
+                  "providers": ",".join(self.cfg.providers), "scope": self.cfg.scope,
+                  "source_size": ",".join(str(v) for v in self.cfg.source_size)}
         t0 = time.perf_counter()
         out = self._request("POST", "/measure", params=params, data=Path(model_path).read_bytes())
         self.last_timings = {"measure": time.perf_counter() - t0, "queued": out["timing"]["queued_s"]}

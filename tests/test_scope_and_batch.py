@@ -1,0 +1,49 @@
+"""Batch size and the budget's scope change what is measured."""
+
+import onnxruntime as ort
+from nas.search_spaces.references import reference_archs
+
+from nas.build import build_model
+from nas.config import TargetConfig
+from nas.onnx_export import export_onnx
+from nas.targets.factory import make_target
+from nas.targets.pipeline import Pipeline
+from tests.conftest import last_json, run_nas
+
+QUICK = ["target.warmup=1", "target.repeats=10", "target.rounds=2", "target.round_pause_s=0"]
+
+
+def test_pipeline_scope_splits_the_time(tmp_path):
+    res = run_nas("measure", "arch=mobilenetv3_small_100", "target.scope=pipeline", "target.input_shape=[1,3,64,64]",
+                  f"workdir={tmp_path}", "format=json", *QUICK)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = last_json(res.stdout)
+    split = out["latency_ms"]["split_ms"]
+    assert set(split) == {"preprocess", "transfer", "model", "postprocess"}
+    assert split["preprocess"] > 0 and split["model"] > 0
+    assert out["fingerprint"]["scope"].startswith("pipeline")
+
+
+def test_pipeline_preprocessing_produces_the_model_input():
+    pipe = Pipeline((2, 3, 48, 40), (120, 160))
+    x = pipe.preprocess()
+    assert x.shape == (2, 3, 48, 40) and x.dtype.name == "float32"
+    top = Pipeline.postprocess(x.reshape(2, -1)[:, :10])
+    assert top.shape == (2, 5)
+
+
+def test_batch_size_is_part_of_the_set_up(tmp_path):
+    base = ["measure", "arch=mobilenetv3_small_100", f"workdir={tmp_path}", "format=json", *QUICK]
+    one = last_json(run_nas(*base, "target.input_shape=[1,3,64,64]").stdout)
+    res = run_nas(*base, "target.input_shape=[4,3,64,64]")
+    assert res.returncode == 0, res.stderr[-2000:]
+    four = last_json(res.stdout)
+    assert four["cached"] is False and four["fingerprint"]["batch"] == 4 and one["fingerprint"]["batch"] == 1
+
+
+def test_batched_export_is_measured_at_its_batch(tmp_path):
+    cfg = TargetConfig(input_shape=[4, 3, 64, 64], warmup=1, repeats=10, rounds=2, round_pause_s=0)
+    path = export_onnx(build_model(reference_archs()["mobilenetv3_small_100"], 10), (4, 3, 64, 64),
+                       tmp_path / "b4.onnx")
+    assert ort.InferenceSession(str(path)).get_inputs()[0].shape == [4, 3, 64, 64]
+    assert make_target(cfg).measure(path).n == 10
