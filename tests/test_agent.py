@@ -108,7 +108,7 @@ def test_two_clients_at_once_are_serialised(agent, small_model):
     results = []
 
     def client():
-        r = requests.post(f"{agent}/measure", params={**QUICK, "repeats": 200}, data=small_model.read_bytes(),
+        r = requests.post(f"{agent}/measure", params={**QUICK, "repeats": 1000}, data=small_model.read_bytes(),
                           headers=AUTH, timeout=120)
         results.append(r.json()["timing"])
 
