@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -58,13 +57,10 @@ def make_entry_measure(target: Target, cfg: TargetConfig, scratch: Path, num_cla
     def measure_entries(arch: Arch, keys: list[str]) -> dict[str, float]:
         wanted = set(keys)
         out: dict[str, float] = {}
-        try:
-            for key, module, shape in arch_parts(arch, num_classes):
-                if key in wanted and key not in out:
-                    path = export_onnx(module.eval(), shape, scratch / "entry.onnx", cfg.exporter, cfg.opset)
-                    out[key] = target.measure(path).value(cfg.statistic)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        for key, module, shape in arch_parts(arch, num_classes):
+            if key in wanted and key not in out:
+                path = export_onnx(module.eval(), shape, scratch / "entry.onnx", cfg.exporter, cfg.opset)
+                out[key] = target.measure(path).value(cfg.statistic)
         return out
 
     return measure_entries

@@ -12,7 +12,7 @@ import optuna
 from nas.arch import Arch
 from nas.config import AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig
 from nas.errors import ConfigError, NasError, StudyNotFound, TargetError
-from nas.latency import measure_arch
+from nas.latency import measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import graph_stats
 from nas.records import TrialRecord, pareto_front, record_of
@@ -96,9 +96,9 @@ def measure(cfg: MeasureConfig) -> int:
     else:
         arch = _load_arch(cfg.arch)
         workdir = Path(cfg.workdir).expanduser().resolve()
-        lat = measure_arch(arch, target, cfg.target, MeasurementCache(workdir / "measurements.db"),
-                           workdir / "scratch" / f"{arch.hash}.onnx", cfg.num_classes)
-        (workdir / "scratch" / f"{arch.hash}.onnx").unlink(missing_ok=True)
+        with scratch_dir(workdir) as scratch:
+            lat = measure_arch(arch, target, cfg.target, MeasurementCache(workdir / "measurements.db"),
+                               scratch / "model.onnx", cfg.num_classes)
         stats = lat.stats
         out.update(arch=arch.name or arch.hash, arch_hash=arch.hash, params=lat.graph.params, macs=lat.graph.macs,
                    cached=lat.cached)

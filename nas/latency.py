@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +27,20 @@ class ArchLatency:
     graph: GraphStats
     cached: bool
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step: build, export, measure
+
+
+@contextmanager
+def scratch_dir(workdir: Path) -> Iterator[Path]:
+    """A private folder in ``workdir`` for this process's temporary ONNX files, removed afterwards.
+
+    Private because several search workers may share one workdir.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=".scratch-", dir=workdir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def deploy_shape(cfg: TargetConfig, arch: Arch) -> tuple[int, int, int, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from nas.block_latency import make_entry_measure
 from nas.build import build_model
 from nas.config import PredictorCmdConfig
 from nas.errors import NasError
-from nas.latency import deploy_shape, measure_arch
+from nas.latency import deploy_shape, measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import export_onnx
 from nas.predictors.base import load_predictor, predictor_path, save_predictor
@@ -33,16 +32,13 @@ def measure_many(archs: list[Arch], target: Target, cfg: PredictorCmdConfig, wor
                  what: str) -> np.ndarray:
     """The budget statistic of each arch, through the measurement cache, with a progress line each."""
     cache = MeasurementCache(workdir / "measurements.db")
-    scratch = workdir / "scratch"
     out = np.empty(len(archs))
-    try:
+    with scratch_dir(workdir) as scratch:
         for i, arch in enumerate(archs):
             lat = measure_arch(arch, target, cfg.target, cache, scratch / "predictor.onnx", cfg.num_classes)
             out[i] = lat.stats.value(cfg.target.statistic)
             say(f"[{i + 1:>3}/{len(archs)}] {what} {arch.hash[:8]} {lat.graph.macs / 1e6:6.0f} MMACs "
                 f"{cfg.target.statistic} {out[i]:7.3f} ms{' (cached)' if lat.cached else ''}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
@@ -77,9 +73,10 @@ def fit(cfg: PredictorCmdConfig, say: Any) -> dict[str, Any]:
         # the systematic part of the difference to whole-model timing).
         entry_cfg = replace(cfg.target, repeats=max(10, cfg.target.repeats // 4), rounds=min(3, cfg.target.rounds),
                             round_pause_s=0.0)
-        measure = make_entry_measure(make_target(entry_cfg), entry_cfg, workdir / "scratch", cfg.num_classes)
-        predictor.fit(archs, y, measure, progress=lambda i, n: say(f"lookup table: entries of arch {i}/{n}")
-                      if i % 10 == 0 or i == n else None)
+        with scratch_dir(workdir) as scratch:
+            measure = make_entry_measure(make_target(entry_cfg), entry_cfg, scratch, cfg.num_classes)
+            predictor.fit(archs, y, measure, progress=lambda i, n: say(f"lookup table: entries of arch {i}/{n}")
+                          if i % 10 == 0 or i == n else None)
         entries_s = time.perf_counter() - t0
         say(f"lookup table: {len(predictor.table_)} entries measured in {entries_s:.0f} s")
     t0 = time.perf_counter()
@@ -145,15 +142,12 @@ def noise_floor(archs: list[Arch], first: np.ndarray, target: Target, cfg: Predi
     """Measure archs again (fresh export and session, no cache): how far two measurements of one arch differ."""
     if not archs:
         return {"n": 0}
-    scratch = workdir / "scratch"
     again = []
-    try:
+    with scratch_dir(workdir) as scratch:
         for arch in archs:
             path = export_onnx(build_model(arch, cfg.num_classes), deploy_shape(cfg.target, arch),
                                scratch / "noise.onnx", cfg.target.exporter, cfg.target.opset)
             again.append(target.measure(path).value(cfg.target.statistic))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     rel = np.abs(np.array(again) - first) / first
     return {"n": len(archs), "median_abs_rel": float(np.median(rel)), "within_5": float(np.mean(rel <= 0.05)),
             "within_10": float(np.mean(rel <= 0.10)), "max_abs_rel": float(rel.max())}

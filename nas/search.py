@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import time
 import warnings
@@ -20,7 +19,7 @@ from nas.arch import Arch
 from nas.config import SearchConfig
 from nas.errors import CandidateFailed, NasError
 from nas.export import ExportResult, bundle_name, choose, write_bundle
-from nas.latency import deploy_shape, measure_arch
+from nas.latency import deploy_shape, measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
 from nas.plots import front_json, plot_pareto
 from nas.predictor_gate import PredictorGate
@@ -80,8 +79,6 @@ class _Context:
         self.cfg, self.workdir, self.target, self.data = cfg, workdir, target, data
         self.space, self.tracker, self.parent_id, self.name = space, tracker, parent_id, name
         self.cache = MeasurementCache(workdir / "measurements.db")
-        self.scratch = workdir / "scratch"
-        self.scratch.mkdir(parents=True, exist_ok=True)
         self.history: dict[int, list[float]] = {}  # epoch -> top-1 of earlier trials (early cut-off)
         self.gate = PredictorGate(cfg.predictor, cfg.target.statistic, cfg.budget_ms, target, self.cache,
                                   data.num_classes, predictor_path(workdir, cfg.target.name, target.fingerprint(),
@@ -123,15 +120,14 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
         + f"; budget {cfg.budget_ms:g} ms {cfg.target.statistic} on {cfg.target.name}; workdir {workdir}")
     progress = _Progress(cfg, log, cfg.study.n_trials)
     interrupted = False
-    try:
-        study.optimize(lambda trial: _objective(trial, ctx), n_trials=cfg.study.n_trials,
-                       timeout=cfg.study.timeout_s, catch=(CandidateFailed,), callbacks=[progress],
-                       gc_after_trial=False)
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: finished trials are kept; run the same command again to resume")
-    finally:
-        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    with scratch_dir(workdir) as ctx.scratch:
+        try:
+            study.optimize(lambda trial: _objective(trial, ctx), n_trials=cfg.study.n_trials,
+                           timeout=cfg.study.timeout_s, catch=(CandidateFailed,), callbacks=[progress],
+                           gc_after_trial=False)
+        except KeyboardInterrupt:
+            interrupted = True
+            log("interrupted: finished trials are kept; run the same command again to resume")
 
     records = [record_of(name, t) for t in study.trials]
     if cfg.predictor.enabled:

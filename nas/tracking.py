@@ -76,20 +76,6 @@ class Tracker:
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def trial_runs(self, study_name: str) -> dict[int, str]:
-        """trial number -> run id for the study's trial runs."""
-        out: dict[int, str] = {}
-        token = None
-        while True:
-            query = f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`nas.trial` != ''"
-            page = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000,
-                                           page_token=token)
-            for r in page:
-                out[int(r.data.tags["nas.trial"])] = r.info.run_id
-            token = page.token
-            if not token:
-                return out
-
     def register(self, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
         """Register the logged bundle as a new version of model ``name``; returns the version."""
         from mlflow.exceptions import MlflowException

@@ -7,7 +7,7 @@ plus totals such as MACs, params, activation and weight bytes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from timm.layers import make_divisible
@@ -147,8 +147,3 @@ def arch_features(arch: Arch, num_classes: int = 1000) -> np.ndarray:
 
 def features_matrix(archs: list[Arch], num_classes: int = 1000) -> np.ndarray:
     return np.stack([arch_features(a, num_classes) for a in archs]) if archs else np.zeros((0, len(FEATURE_NAMES)))
-
-
-def describe(arch: Arch) -> list[dict]:
-    """Per-block features as plain dicts (for inspection and the MLflow log)."""
-    return [asdict(b) for b in block_features(arch)[0]]
