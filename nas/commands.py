@@ -81,17 +81,31 @@ def export(cfg: SearchConfig) -> int:
 def measure(cfg: MeasureConfig) -> int:
     say = _printer(cfg.format)
     target = make_target(cfg.target)
+    if (warning := getattr(target, "warning", lambda: None)()) is not None:
+        say(warning, err=True)
     out: dict[str, Any] = {"target": cfg.target.name, "fingerprint": target.fingerprint()}
+    details: dict[str, Any] = {}
     if cfg.model is not None:
         path = Path(cfg.model).expanduser()
         if not path.is_file():
             raise TargetError(f"model={cfg.model}: no such file")
-        try:
-            graph = graph_stats(onnx.load(str(path)))
-        except Exception as e:
-            raise TargetError(f"model={cfg.model} is not a readable ONNX model: {str(e).splitlines()[0]}") from None
+        if path.suffix == ".tflite":
+            if cfg.target.deploy_format != "tflite":
+                raise TargetError(f"model={cfg.model}: target {cfg.target.name} runs ONNX models, not TFLite")
+            out.update(model=str(path), params=None, macs=None)
+        else:
+            try:
+                graph = graph_stats(onnx.load(str(path)))
+            except Exception as e:
+                raise TargetError(f"model={cfg.model} is not a readable ONNX model: "
+                                  f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+            if getattr(target, "artifact", "onnx") == "tflite" and cfg.target.runtime == "litert":
+                raise TargetError(f"target {cfg.target.name} runs TFLite files: give model=x.tflite, or "
+                                  "arch=NAME to convert one of our candidates")
+            out.update(model=str(path), params=graph.params, macs=graph.macs)
         stats = target.measure(path)
-        out.update(model=str(path), params=graph.params, macs=graph.macs)
+        if callable(getattr(target, "estimate_dict", None)) and stats.source == "predicted":
+            details["estimate"] = target.estimate_dict()
         label = path.name
     else:
         arch = _load_arch(cfg.arch)
@@ -99,14 +113,30 @@ def measure(cfg: MeasureConfig) -> int:
         with scratch_dir(workdir) as scratch:
             lat = measure_arch(arch, target, cfg.target, MeasurementCache(workdir / "measurements.db"),
                                scratch / "model.onnx", cfg.num_classes)
-        stats = lat.stats
+        stats, details = lat.stats, lat.details
         out.update(arch=arch.name or arch.hash, arch_hash=arch.hash, params=lat.graph.params, macs=lat.graph.macs,
                    cached=lat.cached)
         label = arch.name or arch.hash
     out["latency_ms"] = stats.to_dict()
-    say(f"{label} on {cfg.target.name}: p50 {stats.p50:.3f} ms  p90 {stats.p90:.3f}  p99 {stats.p99:.3f}  "
-        f"mean {stats.mean:.3f} ± {stats.std:.3f} (cv {stats.cv:.1%}, n={stats.n})  "
-        f"params {out['params']:,}  MACs {out['macs']:,}")
+    out["latency_source"] = stats.source
+    out.update(details)
+    size = (f"  params {out['params']:,}  MACs {out['macs']:,}" if out.get("params") is not None else "")
+    if stats.source == "predicted":
+        est = details.get("estimate") or {}
+        parts = "  ".join(f"{k.removesuffix('_ms')} {est[k]:.2f}" for k in
+                          ("overhead_ms", "compute_ms", "streaming_ms", "cpu_ms") if k in est)
+        ops = (f"  ops on the Edge TPU {est['tpu_ops']}, on the CPU {est['cpu_ops']}" if "tpu_ops" in est else "")
+        say(f"{label} on {cfg.target.name}: PREDICTED {stats.p50:.3f} ms ± {stats.std:.3f} ({parts}){ops}{size}")
+    else:
+        say(f"{label} on {cfg.target.name}: p50 {stats.p50:.3f} ms  p90 {stats.p90:.3f}  p99 {stats.p99:.3f}  "
+            f"mean {stats.mean:.3f} ± {stats.std:.3f} (cv {stats.cv:.1%}, n={stats.n}){size}")
+        if "conversion" in details:
+            c = details["conversion"]
+            say(f"  TFLite {c['precision']} vs float model: top-1 agreement {c['top1_agreement']:.0%}, "
+                f"max relative error {c['rel_error']:.3f} (conversion {c['seconds']:.1f} s)")
+        if "compile" in details:
+            c = details["compile"]
+            say(f"  edgetpu_compiler: {c.get('tpu_ops')} op(s) on the Edge TPU, {c.get('cpu_ops')} on the CPU")
     if cfg.format == "json":
         print(json.dumps(out))
     return 0

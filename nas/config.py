@@ -22,6 +22,24 @@ def _require(cond: bool, msg: str) -> None:
 
 
 @dataclass
+class EdgeTpuConfig:
+    """target=edge_tpu: which Coral product, and whether latencies come from the device or the analytic model."""
+
+    device: str = "usb"  # usb (USB Accelerator on a desktop host) or dev_board: selects the fitted constants
+    mode: str = "auto"  # auto: measure when an Edge TPU is reachable, else predict; predict; measure (require one)
+    compiler: str = "edgetpu_compiler"  # name on PATH, or a path
+    library: str | None = None  # the Edge TPU runtime (libedgetpu.so.1 on Linux) when not the platform default
+
+    def __post_init__(self) -> None:
+        _require(self.device in ("usb", "dev_board"), f"target.edgetpu.device={self.device} must be usb or dev_board")
+        _require(self.mode in ("auto", "predict", "measure"),
+                 f"target.edgetpu.mode={self.mode} must be auto, predict or measure")
+
+
+RUNTIMES = ("onnxruntime", "agent", "litert", "edgetpu")
+
+
+@dataclass
 class TargetConfig:
     name: str = "cpu"
     runtime: str = "onnxruntime"
@@ -42,6 +60,15 @@ class TargetConfig:
     token: str | None = None  # runtime=agent: the agent's token, when it has one
     timeout_s: float = 300.0  # runtime=agent: per request
     retries: int = 3  # runtime=agent: attempts on a dropped connection
+    format: str = "onnx"  # runtime=agent: the model file the agent runs: onnx (ONNX Runtime) or tflite (LiteRT)
+    edgetpu: EdgeTpuConfig = field(default_factory=EdgeTpuConfig)
+
+    @property
+    def deploy_format(self) -> str:
+        """The file a device runs: onnx, or tflite (LiteRT, the Edge TPU, an agent running LiteRT)."""
+        if self.runtime in ("litert", "edgetpu") or (self.runtime == "agent" and self.format == "tflite"):
+            return "tflite"
+        return "onnx"
 
     def __post_init__(self) -> None:
         _require(self.statistic in STATISTICS, f"target.statistic={self.statistic} must be one of {STATISTICS}")
@@ -54,7 +81,13 @@ class TargetConfig:
         _require(self.exporter in ("legacy", "dynamo"), f"target.exporter={self.exporter} must be legacy or dynamo")
         _require(self.precision in ("fp32", "fp16", "int8"),
                  f"target.precision={self.precision} must be fp32, fp16 or int8")
-        _require(self.runtime in ("onnxruntime", "agent"), f"target.runtime={self.runtime}: use onnxruntime or agent")
+        _require(self.runtime in RUNTIMES, f"target.runtime={self.runtime}: use one of {RUNTIMES}")
+        _require(self.format in ("onnx", "tflite"), f"target.format={self.format} must be onnx or tflite")
+        if self.runtime == "litert" or (self.runtime == "agent" and self.format == "tflite"):
+            _require(self.precision in ("int8", "fp32"), f"target.precision={self.precision}: TFLite targets take "
+                     "int8 (full-integer) or fp32")
+        if self.runtime == "edgetpu":
+            _require(self.precision == "int8", f"target.precision={self.precision}: the Edge TPU runs int8 only")
         _require(self.runtime != "agent" or bool(self.url),
                  "target=remote needs target.url=http://HOST:PORT of a running `nas agent`")
         _require(self.scope in ("model", "pipeline"), f"target.scope={self.scope} must be model or pipeline")

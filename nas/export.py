@@ -73,10 +73,11 @@ def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, 
         model = build_model(arch, num_classes=num_classes, seed=0)
         export_onnx(model, deploy_shape(cfg.target, arch), tmp / "model.onnx", cfg.target.exporter,
                     cfg.target.opset, fp16=cfg.target.precision == "fp16")
+        deployables = _deployables(cfg, model, deploy_shape(cfg.target, arch), tmp)
         arch_doc = {"arch": arch.to_dict(), "hash": arch.hash, "timm_block_strings": arch.block_strings(),
                     "family": arch.family}
         (tmp / "arch.json").write_text(json.dumps(arch_doc, indent=2))
-        card = _card(cfg, record, fingerprint, num_classes)
+        card = {**_card(cfg, record, fingerprint, num_classes), **deployables}
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
         (tmp / "model_card.md").write_text(_card_md(card))
         if out_dir.exists():
@@ -93,15 +94,45 @@ def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, 
     return ExportResult(out_dir, record, card)
 
 
+def _deployables(cfg: SearchConfig, model: Any, shape: tuple[int, int, int, int], out: Path) -> dict[str, Any]:
+    """The TFLite file (and the Edge TPU compilation, where the compiler exists) for targets that run TFLite."""
+    if cfg.target.deploy_format != "tflite":
+        return {}
+    from nas.tflite_convert import to_tflite
+
+    name = f"model_{cfg.target.precision}.tflite"
+    conv = to_tflite(model, shape, out / name, cfg.target.precision)
+    doc: dict[str, Any] = {"tflite": {"file": name, **{k: v for k, v in conv.to_dict().items() if k != "path"},
+                                      "calibration": "seeded noise (the weights are random too): re-quantize the "
+                                                     "trained model with real images"}}
+    if cfg.target.runtime == "edgetpu":
+        from nas.targets.edgetpu_device import EdgeTpuUnavailable, compile_model, find_compiler
+
+        try:
+            report = compile_model(conv.path, out, find_compiler(cfg.target.edgetpu.compiler))
+            doc["edgetpu_compile"] = {k: v for k, v in report.to_dict().items() if k != "log"}
+            doc["edgetpu_compile"]["path"] = report.path.name
+        except EdgeTpuUnavailable as e:
+            doc["edgetpu_compile"] = f"not compiled here ({e}); on a machine with the compiler: edgetpu_compiler {name}"
+    return doc
+
+
+PREDICTED_NOTE = ("PREDICTED, not measured: no Edge TPU was reachable, so this latency comes from the analytic Edge "
+                  "TPU model (predictors/edgetpu.py) calibrated on Coral's published benchmarks; measure it on the "
+                  "device before relying on it (nas measure target=edge_tpu target.edgetpu.mode=measure)")
+
+
 def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_classes: int) -> dict[str, Any]:
     stat = cfg.target.statistic
+    source = r.latency.source if r.latency else "measured"
     return {
         "name": bundle_name(cfg.target.name, cfg.budget_ms),
         "target": cfg.target.name,
         "fingerprint": fingerprint,
         "budget_ms": cfg.budget_ms,
         "budget_statistic": stat,
-        "latency_source": "measured",
+        "latency_source": source,
+        **({"latency_note": PREDICTED_NOTE} if source == "predicted" else {}),
         "precision": cfg.target.precision,
         "scope": cfg.target.scope,
         "latency_ms": r.latency.to_dict() if r.latency else {stat: r.latency_ms},
@@ -145,7 +176,7 @@ def _card_md(c: dict[str, Any]) -> str:
 
 Study `{c['study']}`, trial {c['trial']}{f" (timm's `{c['reference']}`)" if c['reference'] else ''}.
 Latency is **{c['latency_source']}** on target `{c['target']}`; accuracy is a proxy ({c['accuracy_dataset']}).
-
+{f"{chr(10)}> **{c['latency_note']}**{chr(10)}" if c.get('latency_note') else ''}
 | | |
 |---|---|
 | top-1 (proxy) | {c['accuracy_top1']:.4f} |

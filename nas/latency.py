@@ -27,6 +27,7 @@ class ArchLatency:
     graph: GraphStats
     cached: bool
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step: build, export, measure
+    details: dict = field(default_factory=dict)  # conversion check, Edge TPU estimate or compile report
 
 
 @contextmanager
@@ -65,37 +66,51 @@ def measured_archs(cache: MeasurementCache, target: Target, num_classes: int) ->
 
 def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: MeasurementCache, onnx_path: Path,
                  num_classes: int, data: TensorSplits | None = None) -> ArchLatency:
-    """Measured latency of ``arch`` (from the cache when this set-up measured it before).
+    """Measured (or, for a predicting target, predicted) latency of ``arch``; from the cache when known.
 
-    With ``precision=int8`` the exported model is statically quantized first, calibrated on ``data`` (seeded
-    noise without a dataset: the scales change, the operators and so the latency do not).
+    The target's ``artifact`` says what it runs: the ONNX export (statically quantized first with
+    ``precision=int8`` on ONNX Runtime), or a TFLite conversion (int8 calibrated on ``data``). Without a dataset
+    calibration uses seeded noise: the scales change, the operators and so the latency do not.
     """
     fp = setup_fingerprint(target, num_classes)
     hit = cache.get(arch.hash, fp)
     if hit is not None:
         stats, extra = hit
-        return ArchLatency(stats, GraphStats(**extra["graph"]), cached=True)
+        return ArchLatency(stats, GraphStats(**extra["graph"]), cached=True, details=extra.get("details", {}))
+    artifact = getattr(target, "artifact", "onnx")
     t0 = time.perf_counter()
     model = build_model(arch, num_classes=num_classes)
     t1 = time.perf_counter()
     params = count_params(model)
-    export_onnx(model, deploy_shape(cfg, arch), onnx_path, cfg.exporter, cfg.opset, fp16=cfg.precision == "fp16")
+    shape = deploy_shape(cfg, arch)
+    export_onnx(model, shape, onnx_path, cfg.exporter, cfg.opset, fp16=cfg.precision == "fp16")
     t2 = time.perf_counter()
     # timm's parameter count (BatchNorm included), not the ONNX one (BatchNorm folded into convolutions).
     graph = replace(graph_stats(onnx.load(str(onnx_path))), params=params)
     t3 = time.perf_counter()
-    quantize_s = 0.0
-    if cfg.precision == "int8":
+    convert_s, details, model_path = 0.0, {}, onnx_path
+    if artifact == "tflite":
+        from nas.quantize import calibration_batches
+        from nas.tflite_convert import to_tflite
+
+        conv = to_tflite(model, shape, onnx_path.with_suffix(".tflite"), cfg.precision,
+                         calibration_batches(shape, data))
+        model_path, convert_s = conv.path, conv.seconds
+        details["conversion"] = {k: v for k, v in conv.to_dict().items() if k != "path"}
+    elif cfg.precision == "int8" and cfg.runtime in ("onnxruntime", "agent"):
         from nas.quantize import calibration_batches, quantize_int8
 
-        onnx_path = quantize_int8(onnx_path, onnx_path.with_name("int8-" + onnx_path.name),
-                                  calibration_batches(deploy_shape(cfg, arch), data))
-        quantize_s = time.perf_counter() - t3
-        t3 = time.perf_counter()
-    stats = target.measure(onnx_path)
+        model_path = quantize_int8(onnx_path, onnx_path.with_name("int8-" + onnx_path.name),
+                                   calibration_batches(shape, data))
+        convert_s = time.perf_counter() - t3
+    t3 = time.perf_counter()
+    stats = target.measure(model_path)
     t4 = time.perf_counter()
-    cache.put(arch.hash, fp, stats, {"graph": graph.__dict__, "arch": arch.to_dict()})
-    timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2 - quantize_s, "quantize": quantize_s,
+    for key in ("estimate_dict", "compile_dict"):  # what a target knows about how it got the figure
+        if callable(getattr(target, key, None)) and (value := getattr(target, key)()) is not None:
+            details[key.removesuffix("_dict")] = value
+    cache.put(arch.hash, fp, stats, {"graph": graph.__dict__, "arch": arch.to_dict(), "details": details})
+    timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2 - convert_s, "quantize": convert_s,
                "measure": t4 - t3}
     timings.update(getattr(target, "last_timings", {}))  # a target may split session set-up from timing
-    return ArchLatency(stats, graph, cached=False, timings=timings)
+    return ArchLatency(stats, graph, cached=False, timings=timings, details=details)

@@ -97,7 +97,8 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     name = study_name(cfg)
     study = optuna.create_study(study_name=name, storage=open_storage(workdir), sampler=make_sampler(cfg),
                                 directions=["maximize", "minimize"], load_if_exists=True)
-    study.set_metric_names(["accuracy", f"latency_{cfg.target.statistic}_ms"])
+    predicted = bool(getattr(target, "predicted", False))
+    study.set_metric_names(["accuracy", f"{'predicted_' if predicted else ''}latency_{cfg.target.statistic}_ms"])
     # What `nas export` needs later without loading the dataset or the target again.
     study.set_user_attr("num_classes", data.num_classes)
     study.set_user_attr("fingerprint", target.fingerprint())
@@ -106,13 +107,16 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     parent_id = tracker.study_run(name, {
         "target": cfg.target.name, "search_space": cfg.search_space.name, "dataset": cfg.dataset.name,
         "budget_ms": f"{cfg.budget_ms:g}", "statistic": cfg.target.statistic})
-    tracker.log(parent_id, tags={"fingerprint": json.dumps(target.fingerprint(), sort_keys=True)})
+    tracker.log(parent_id, tags={"fingerprint": json.dumps(target.fingerprint(), sort_keys=True),
+                                 "latency_source": "predicted" if predicted else "measured"})
+    if (warning := getattr(target, "warning", lambda: None)()) is not None:
+        log(warning)
     ctx = _Context(cfg, workdir, target, data, space, tracker, parent_id, name)
     for r in (record_of(name, t) for t in study.trials):
         _remember_history(ctx, r.attrs.get("history"))
 
     enqueued = _enqueue_references(study, space) if cfg.search_space.enqueue_references else []
-    if cfg.predictor.enabled:
+    if cfg.predictor.enabled and not predicted:
         log(f"latency predictor: {ctx.gate.source}" + ("" if ctx.gate.predictor else
             f" (fitted online after {cfg.predictor.min_fit} measurements on this set-up)"))
     log(f"study {name}: {before} trial(s) stored, adding {cfg.study.n_trials}"
@@ -130,8 +134,10 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
             log("interrupted: finished trials are kept; run the same command again to resume")
 
     records = [record_of(name, t) for t in study.trials]
-    if cfg.predictor.enabled:
+    if cfg.predictor.enabled and not predicted:
         log(ctx.gate.summary())
+    elif predicted:
+        log(f"{ctx.gate.stats.skipped} candidate(s) not trained: predicted surely over budget")
     _finish_tracking(ctx, records)
     export, export_error = None, None
     try:
@@ -191,7 +197,24 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             raise _fail(trial, ctx, run_id, "latency", e) from e
         times.update(lat.timings)
         latency_ms = lat.stats.value(stat)
-        ctx.gate.observe(pred, latency_ms, lat.cached)
+        source = lat.stats.source
+        prefix = "predicted_" if source == "predicted" else ""
+        if source == "predicted":
+            trial.set_user_attr("predicted_ms", latency_ms)
+            trial.set_user_attr("predicted_std_ms", lat.stats.std)
+            trial.set_user_attr("latency_details", lat.details)
+            if cfg.predictor.enabled and ref is None and latency_ms - cfg.predictor.z * lat.stats.std > cfg.budget_ms:
+                # The latency model is the only figure there is: training a surely-too-slow candidate is waste.
+                ctx.gate.stats.skipped += 1
+                trial.set_user_attr("latency", lat.stats.to_dict())
+                ctx.tracker.log(run_id, {f"predicted_latency_{stat}_ms": latency_ms,
+                                         "predicted_latency_std_ms": lat.stats.std},
+                                tags={"state": "skipped", "latency_source": "predicted", "feasible": "false",
+                                      "pareto": "false"})
+                status = "FINISHED"
+                raise optuna.TrialPruned(f"predicted {latency_ms:.2f} ms, over budget {cfg.budget_ms:g} ms")
+        else:
+            ctx.gate.observe(pred, latency_ms, lat.cached)
         trial.set_user_attr("latency", lat.stats.to_dict())
         trial.set_user_attr("latency_ms", latency_ms)
         trial.set_user_attr("params", lat.graph.params)
@@ -205,7 +228,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
         try:
             acc = evaluate_accuracy(arch, ctx.data, cfg.study.epochs, cfg.study.batch_size, cfg.study.lr,
                                     cfg.study.seed, cfg.study.train_threads or os.cpu_count() or 1, on_epoch,
-                                    cfg.target.precision)
+                                    cfg.target.precision, int8_runtime(ctx.target))
         except (TrainingDiverged, RuntimeError, MemoryError) as e:
             raise _fail(trial, ctx, run_id, "training", e) from e
         times["train"] = acc.train_seconds
@@ -218,10 +241,12 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
         metrics = {"accuracy": acc.top1, **({"accuracy_fp32": acc.top1_fp32} if acc.top1_fp32 is not None else {}),
                    "params": lat.graph.params, "macs": lat.graph.macs,
                    "train_seconds": acc.train_seconds, "measure_seconds": lat.timings.get("measure", 0.0),
-                   **{f"latency_{k}_ms": v for k, v in lat.stats.to_dict().items() if k not in ("n", "cv")},
-                   "latency_cv": lat.stats.cv}
+                   **{f"{prefix}latency_{k}_ms": v for k, v in lat.stats.to_dict().items()
+                      if k not in ("n", "cv", "source", "split_ms")},
+                   **({"latency_cv": lat.stats.cv} if source == "measured" else {}),
+                   **detail_metrics(lat.details)}
         ctx.tracker.log(run_id, metrics, tags={
-            "feasible": str(feasible).lower(), "pareto": "false", "latency_source": "measured",
+            "feasible": str(feasible).lower(), "pareto": "false", "latency_source": source,
             "latency_cached": str(lat.cached).lower(), "cut_off": str(acc.cut_off).lower(),
             "state": "complete", **({"reference": ref} if ref else {})})
         times["log"] += time.perf_counter() - t0
@@ -298,8 +323,9 @@ def export_best(cfg: SearchConfig, records: list[TrialRecord], fingerprint: dict
     fingerprint = {**fingerprint, "shape": list(deploy_shape(cfg.target, record.arch))}
     result = write_bundle(cfg, record, fingerprint, num_classes, Path(cfg.workdir).resolve() / "exports" / name)
     tracker.log_artifact(run_id, result.path, f"export/{name}")
+    source = record.latency.source if record.latency else "measured"
     tracker.register(f"nas-{name}", run_id, f"export/{name}",
-                     {"trial": str(record.number), "study": record.study, "latency_source": "measured"})
+                     {"trial": str(record.number), "study": record.study, "latency_source": source})
     return result
 
 
@@ -321,10 +347,38 @@ class _Progress:
         elif r.state == "complete":
             mark = "ok " if r.latency_ms <= self.cfg.budget_ms else "over"
             cut = " (cut off)" if r.attrs.get("cut_off") else ""
-            body = f"{self.cfg.target.statistic} {r.latency_ms:6.2f} ms {mark} | top-1 {r.accuracy:.3f}{cut}"
+            kind = " predicted" if r.latency is not None and r.latency.source == "predicted" else ""
+            body = f"{self.cfg.target.statistic} {r.latency_ms:6.2f} ms{kind} {mark} | top-1 {r.accuracy:.3f}{cut}"
         else:
             body = f"{r.state}: {r.reason or ''}"
         best = best_under_budget([record_of(study.study_name, t) for t in study.trials], self.cfg.budget_ms)
         tail = f"best<= {self.cfg.budget_ms:g} ms: {best.accuracy:.3f} (#{best.number})" if best else "best: none yet"
         dur = (frozen.duration.total_seconds() if frozen.duration else 0.0)
         self.log(f"{head} | {body} | {dur:5.1f} s | {tail}")
+
+
+def int8_runtime(target: Target) -> str:
+    """Where an int8 candidate's accuracy is evaluated: the format the target deploys."""
+    return "litert" if getattr(target, "deploy_format", "onnx") == "tflite" else "onnxruntime"
+
+
+def detail_metrics(details: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics from how a latency was obtained: the TFLite check, the Edge TPU estimate or compile report."""
+    out: dict[str, float] = {}
+    conv = details.get("conversion") or {}
+    for k in ("top1_agreement", "rel_error", "seconds"):
+        if k in conv:
+            out[f"tflite_{k}"] = float(conv[k])
+    est = details.get("estimate") or {}
+    for k in ("overhead_ms", "compute_ms", "streaming_ms", "cpu_ms"):
+        if k in est:
+            out[f"predicted_{k}"] = float(est[k])
+    for k in ("tpu_ops", "cpu_ops", "param_bytes", "streamed_bytes"):
+        if k in est:
+            out[f"edgetpu_{k}"] = float(est[k])
+    comp = details.get("compile") or {}
+    for k in ("tpu_ops", "cpu_ops", "on_chip_mib", "off_chip_mib"):
+        if comp.get(k) is not None:
+            out[f"edgetpu_compiled_{k}"] = float(comp[k])
+    return out
+

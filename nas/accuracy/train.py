@@ -32,11 +32,13 @@ class AccuracyResult:
 
 def evaluate_accuracy(arch: Arch, data: TensorSplits, epochs: int, batch_size: int, lr: float, seed: int,
                       threads: int, on_epoch: Callable[[int, float], bool] | None = None,
-                      precision: str = "fp32") -> AccuracyResult:
+                      precision: str = "fp32", int8_runtime: str = "onnxruntime") -> AccuracyResult:
     """Train ``arch`` from scratch for ``epochs`` and return validation top-1.
 
     ``on_epoch(epoch, top1)`` is called after each epoch; returning ``True`` cuts the run short (the last
-    accuracy is kept and ``cut_off`` set), so hopeless candidates stop early.
+    accuracy is kept and ``cut_off`` set), so hopeless candidates stop early. With ``precision=int8`` the
+    reported top-1 is the quantized model's, run as deployed: ONNX Runtime QDQ, or the int8 TFLite file
+    (``int8_runtime=litert``).
     """
     torch.set_num_threads(threads)
     model = build_model(arch, num_classes=data.num_classes, seed=seed)
@@ -68,9 +70,14 @@ def evaluate_accuracy(arch: Arch, data: TensorSplits, epochs: int, batch_size: i
             cut = True
             break
     if precision == "int8" and not cut:
-        from nas.quantize import int8_top1
+        if int8_runtime == "litert":
+            from nas.tflite_convert import tflite_top1
 
-        q = int8_top1(model, data, batch_size)
+            q = tflite_top1(model, data)[0]
+        else:
+            from nas.quantize import int8_top1
+
+            q = int8_top1(model, data, batch_size)
         return AccuracyResult(q, len(history), time.perf_counter() - t0, loss_value, tuple(history), cut, history[-1])
     return AccuracyResult(history[-1], len(history), time.perf_counter() - t0, loss_value, tuple(history), cut)
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from nas.agent.validate import ModelRejected, validate_onnx
+from nas.agent.validate import ModelRejected, validate_onnx, validate_tflite
 from nas.config import AgentConfig, TargetConfig
 from nas.errors import TargetError
 from nas.targets.onnxruntime_cpu import OnnxRuntimeTarget
@@ -56,7 +56,12 @@ class Agent:
         import onnxruntime as ort
 
         base = OnnxRuntimeTarget(TargetConfig(name="agent")).fingerprint()
+        from nas.targets.litert import litert_versions
+
+        litert = litert_versions()["ai-edge-litert"]
         return JSONResponse({"device": base["device"], "machine": base["machine"], "runtime": base["runtime"],
+                             "litert": f"ai-edge-litert {litert}" if litert != "missing" else "LiteRT missing",
+                             "formats": ["onnx"] + (["tflite"] if litert != "missing" else []),
                              "providers": ort.get_available_providers(), "queue": self.waiting,
                              "measured": self.measured, "max_upload_bytes": self._max_bytes()})
 
@@ -80,7 +85,7 @@ class Agent:
         except OverflowError:
             return _error(413, f"upload is over the limit of {self._max_bytes()} bytes")
         try:
-            validate_onnx(body)
+            validate_tflite(body) if settings.format == "tflite" else validate_onnx(body)
         except ModelRejected as e:
             return _error(400, str(e))
         self.waiting += 1
@@ -120,6 +125,10 @@ class Agent:
             if q["scope"] not in ("model", "pipeline"):
                 raise ValueError(f"scope={q['scope']} must be model or pipeline")
             values["scope"] = q["scope"]
+        if "format" in q:
+            if q["format"] not in ("onnx", "tflite"):
+                raise ValueError(f"format={q['format']} must be onnx or tflite")
+            values["format"] = q["format"]
         if "source_size" in q:
             h, w = (int(v) for v in q["source_size"].split(","))
             if not (8 <= h <= 8192 and 8 <= w <= 8192):
@@ -132,13 +141,22 @@ class Agent:
         with self.lock:
             started = time.time()
             with tempfile.TemporaryDirectory(prefix="nas-agent-") as tmp:
-                path = Path(tmp) / "model.onnx"
+                path = Path(tmp) / f"model.{settings.format}"
                 path.write_bytes(body)
-                target = OnnxRuntimeTarget(settings)
+                target = self._target(settings)
                 stats = target.measure(path)
             self.measured += 1
             return {"stats": stats.to_dict(), "fingerprint": target.fingerprint(),
                     "timing": {"queued_s": started - queued, "started": started, "finished": time.time()}}
+
+
+    @staticmethod
+    def _target(settings: TargetConfig) -> Any:
+        if settings.format == "tflite":
+            from nas.targets.litert import LiteRtTarget
+
+            return LiteRtTarget(replace(settings, runtime="litert", precision="int8"))
+        return OnnxRuntimeTarget(settings)
 
 
 def make_app(cfg: AgentConfig) -> Starlette:

@@ -1,4 +1,5 @@
-"""What the agent checks before it runs an uploaded model: a well-formed ONNX graph with standard operators only."""
+"""What the agent checks before it runs an uploaded model: a well-formed ONNX graph or TFLite flatbuffer with
+standard operators only."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ def validate_onnx(data: bytes) -> onnx.ModelProto:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise ModelRejected("models with external data files are refused: export with external_data=False")
     return model
+
+
+def validate_tflite(data: bytes) -> None:
+    """A TFLite flatbuffer that the LiteRT interpreter loads with its built-in operators alone."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelRejected("the upload is not a TFLite model (no TFL3 identifier)")
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        Interpreter(model_content=data).allocate_tensors()
+    except ImportError:
+        raise ModelRejected("this agent has no LiteRT interpreter: pip install 'ai-edge-litert>=2.3' there") from None
+    except (ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if "custom op" in str(e).lower():
+            raise ModelRejected(f"custom operators refused: the agent loads no custom-op libraries ({first})") from None
+        raise ModelRejected(f"invalid TFLite model: {first}") from None

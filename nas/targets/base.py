@@ -24,6 +24,7 @@ class LatencyStats:
     min: float
     n: int
     split_ms: dict[str, float] | None = None  # pipeline scope: median ms of preprocess, model, postprocess
+    source: str = "measured"  # or "predicted": from a latency model, no device ran it (n == 0)
 
     @property
     def cv(self) -> float:
@@ -53,6 +54,11 @@ class LatencyStats:
         return cls(float(p50), float(p90), float(p95), float(p99), float(s.mean()), float(s.std()),
                    float(s.min()), int(s.size), split_ms)
 
+    @classmethod
+    def predicted(cls, ms: float, rel_error: float) -> LatencyStats:
+        """A latency model's estimate: every percentile is the estimate; std is its typical relative error."""
+        return cls(ms, ms, ms, ms, ms, ms * rel_error, ms, 0, None, "predicted")
+
     def value(self, statistic: str) -> float:
         return float(getattr(self, statistic))
 
@@ -66,7 +72,7 @@ class LatencyStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
         return cls(**{k: d[k] for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "n")},
-                   split_ms=d.get("split_ms"))
+                   split_ms=d.get("split_ms"), source=d.get("source", "measured"))
 
 
 class Target(Protocol):

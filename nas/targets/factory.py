@@ -9,13 +9,21 @@ from nas.targets.onnxruntime_cpu import OnnxRuntimeTarget
 
 
 def make_target(cfg: TargetConfig) -> Target:
-    """The target for ``cfg.runtime``: local ONNX Runtime, or a `nas agent` over HTTP."""
+    """The target for ``cfg.runtime``: ONNX Runtime, LiteRT, the Edge TPU, or a `nas agent` over HTTP."""
     if cfg.runtime == "agent":
         from nas.targets.remote import RemoteTarget
 
         target = RemoteTarget(cfg)
         target.info()  # fail now, with one line, when the agent is unreachable or refuses
         return target
+    if cfg.runtime == "litert":
+        from nas.targets.litert import LiteRtTarget
+
+        return LiteRtTarget(cfg)
+    if cfg.runtime == "edgetpu":
+        from nas.targets.edgetpu import EdgeTpuTarget
+
+        return EdgeTpuTarget(cfg)
     if cfg.runtime != "onnxruntime":
-        raise TargetError(f"target.runtime={cfg.runtime} is not supported (use onnxruntime or agent)")
+        raise TargetError(f"target.runtime={cfg.runtime} is not supported")
     return OnnxRuntimeTarget(cfg)

@@ -12,6 +12,7 @@ import numpy as np
 from nas.config import TargetConfig
 from nas.errors import TargetError
 from nas.targets.base import LatencyStats
+from nas.targets.timing import run_rounds
 
 
 def cpu_model() -> str:
@@ -82,25 +83,7 @@ class OnnxRuntimeTarget:
         return stats
 
     def measure_session(self, sess: Any) -> LatencyStats:
-        step = self._step(sess)
-        for _ in range(self.cfg.warmup):
-            step()
-        rounds, parts = [], []
-        per_round = max(1, self.cfg.repeats // self.cfg.rounds)
-        for r in range(self.cfg.rounds):
-            if r:
-                time.sleep(self.cfg.round_pause_s)  # spread rounds in time, past short bursts of foreign load
-                step()  # re-warm caches after the pause, untimed
-            samples = np.empty(per_round)
-            for k in range(per_round):
-                split = step()
-                samples[k] = sum(split.values())
-                parts.append(split)
-            rounds.append(samples)
-        split_ms = None
-        if self.cfg.scope == "pipeline":
-            split_ms = {k: float(np.median([p[k] for p in parts])) for k in parts[0]}
-        return LatencyStats.from_rounds(rounds, split_ms)
+        return run_rounds(self._step(sess), self.cfg, split=self.cfg.scope == "pipeline")
 
     def _step(self, sess: Any) -> Any:
         """One timed run: the model alone, or decode -> resize -> normalise -> model -> softmax/top-5."""

@@ -20,6 +20,8 @@ class RemoteTarget:
         self.url = cfg.url.rstrip("/")
         self._info: dict[str, Any] | None = None
         self.last_timings: dict[str, float] = {}
+        self.artifact = cfg.format  # onnx (ONNX Runtime on the agent) or tflite (LiteRT on the agent)
+        self.deploy_format = cfg.format
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
@@ -54,7 +56,8 @@ class RemoteTarget:
     def fingerprint(self) -> dict[str, Any]:
         info = self.info()
         return {
-            "target": self.cfg.name, "device": info["device"], "machine": info["machine"], "runtime": info["runtime"],
+            "target": self.cfg.name, "device": info["device"], "machine": info["machine"],
+            "runtime": info["runtime"] if self.cfg.format == "onnx" else info.get("litert", "LiteRT missing"),
             "providers": list(self.cfg.providers), "threads": self.cfg.threads, "precision": self.cfg.precision,
             "batch": self.cfg.input_shape[0], "exporter": f"{self.cfg.exporter} opset{self.cfg.opset}",
             "warmup": self.cfg.warmup, "repeats": self.cfg.repeats, "rounds": self.cfg.rounds, "via": "agent",
@@ -65,7 +68,7 @@ class RemoteTarget:
         params = {"threads": self.cfg.threads, "warmup": self.cfg.warmup, "repeats": self.cfg.repeats,
                   "rounds": self.cfg.rounds, "round_pause_s": self.cfg.round_pause_s,
                   "providers": ",".join(self.cfg.providers), "scope": self.cfg.scope,
-                  "source_size": ",".join(str(v) for v in self.cfg.source_size)}
+                  "source_size": ",".join(str(v) for v in self.cfg.source_size), "format": self.cfg.format}
         t0 = time.perf_counter()
         out = self._request("POST", "/measure", params=params, data=Path(model_path).read_bytes())
         self.last_timings = {"measure": time.perf_counter() - t0, "queued": out["timing"]["queued_s"]}

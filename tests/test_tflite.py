@@ -1,0 +1,105 @@
+"""int8 TFLite: the conversion a device runs, `target=tflite_cpu` with the LiteRT interpreter, TFLite through the agent."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+from nas.search_spaces.references import reference_archs
+
+from nas.accuracy.datasets import load_dataset
+from nas.build import build_model
+from nas.quantize import calibration_batches
+from nas.tflite_convert import interpreter, to_tflite
+from tests.conftest import FAST, last_json, run_nas
+from tests.test_agent import AUTH, QUICK, TOKEN, start_agent
+
+TFLITE_FAST = [*FAST, "target=tflite_cpu"]
+
+
+@pytest.fixture(scope="module")
+def small_tflite(tmp_path_factory):
+    data = load_dataset("digits", 32, 0.2, 0)
+    model = build_model(reference_archs()["mobilenetv3_small_100"], 10)
+    shape = (1, 3, 32, 32)
+    conv = to_tflite(model, shape, tmp_path_factory.mktemp("t") / "m.tflite", "int8",
+                     calibration_batches(shape, data, 16))
+    return conv
+
+
+def test_conversion_is_fully_int8_and_agrees_with_the_float_model(small_tflite):
+    it = interpreter(small_tflite.path)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8  # int8 in and out, as the Edge TPU needs
+    assert list(inp["shape"]) == [1, 32, 32, 3]  # NHWC
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    float_ops = [o["op_name"] for o in it._get_ops_details()
+                 if any(i >= 0 and tensors[i]["dtype"] == np.float32 for i in [*o["inputs"], *o["outputs"]])]
+    assert float_ops == []  # no op left in float: nothing would fall back to the CPU for being float
+    assert small_tflite.top1_agreement >= 0.75 and small_tflite.rel_error < 0.5
+
+
+def test_measure_converts_and_times_an_arch_on_tflite_cpu(tmp_path):
+    res = run_nas("measure", "arch=mobilenetv3_small_100", "target=tflite_cpu", f"workdir={tmp_path}",
+                  "format=json", "target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10",
+                  "target.rounds=2", "target.round_pause_s=0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = last_json(res.stdout)
+    assert out["latency_source"] == "measured" and out["latency_ms"]["n"] == 10 and out["latency_ms"]["p50"] > 0
+    assert out["fingerprint"]["runtime"].startswith("ai-edge-litert") and out["fingerprint"]["precision"] == "int8"
+    assert out["conversion"]["precision"] == "int8" and out["conversion"]["top1_agreement"] >= 0.5
+
+
+def test_measure_a_tflite_file_and_refuse_an_onnx_one(tmp_path, small_tflite):
+    ok = run_nas("measure", f"model={small_tflite.path}", "target=tflite_cpu", "format=json", "target.repeats=10",
+                 "target.rounds=2", "target.warmup=1")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert last_json(ok.stdout)["latency_ms"]["p50"] > 0
+    onnx_file = tmp_path / "x.onnx"
+    onnx_file.write_bytes(b"not really")
+    bad = run_nas("measure", f"model={onnx_file}", "target=tflite_cpu")
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_tflite_cpu_search_exports_an_int8_tflite_model(tmp_path):
+    wd = tmp_path / "wd"
+    res = run_nas("search", f"workdir={wd}", "study.n_trials=2", "search_space.enqueue_references=false",
+                  "budget_ms=1000", "format=json", *TFLITE_FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = last_json(res.stdout)
+    assert out["complete"] == 2
+    study = optuna.load_study(study_name="tflite_cpu-mbconv-digits-1000ms", storage=f"sqlite:///{wd / 'optuna.db'}")
+    client = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}")
+    for t in study.trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["latency_source"] == "measured"
+        assert "tflite_top1_agreement" in run.data.metrics and "latency_p90_ms" in run.data.metrics
+        assert "accuracy_fp32" in run.data.metrics  # accuracy is the int8 TFLite model's, fp32 beside it
+    bundle = wd / "exports" / "tflite_cpu-1000ms"
+    card = json.loads((bundle / "model_card.json").read_text())
+    it = interpreter(bundle / card["tflite"]["file"])
+    assert it.get_input_details()[0]["dtype"] == np.int8
+    assert list(it.get_input_details()[0]["shape"]) == [1, 64, 64, 3]
+
+
+def test_agent_measures_an_uploaded_tflite_model_and_refuses_a_non_tflite(small_tflite, tmp_path):
+    proc, url = start_agent(f"token={TOKEN}")
+    try:
+        r = requests.post(f"{url}/measure", params={**QUICK, "format": "tflite"},
+                          data=small_tflite.path.read_bytes(), headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["stats"]["n"] == 10 and r.json()["fingerprint"]["runtime"].startswith("ai-edge-litert")
+        bad = requests.post(f"{url}/measure", params={**QUICK, "format": "tflite"}, data=b"PK\x03\x04zipzip",
+                            headers=AUTH, timeout=30)
+        assert bad.status_code == 400 and "not a TFLite model" in bad.json()["error"]
+        res = run_nas("measure", "arch=mobilenetv3_small_100", "target=remote", f"target.url={url}",
+                      f"target.token={TOKEN}", "target.format=tflite", "target.precision=int8", f"workdir={tmp_path}",
+                      "format=json", "target.input_shape=[1,3,32,32]", "target.repeats=10", "target.rounds=2",
+                      "target.warmup=1")
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert last_json(res.stdout)["fingerprint"]["runtime"].startswith("ai-edge-litert")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
