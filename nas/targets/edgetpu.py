@@ -13,7 +13,7 @@ from typing import Any
 
 from nas.config import TargetConfig
 from nas.errors import TargetError
-from nas.targets.base import LatencyStats
+from nas.targets.base import LatencyStats, fingerprint_hash
 from nas.targets.edgetpu_device import EdgeTpuDevice, EdgeTpuUnavailable, probe
 from nas.targets.litert import litert_versions
 
@@ -57,7 +57,7 @@ class EdgeTpuTarget:
         fp: dict[str, Any] = {"target": self.cfg.name, "precision": "int8", "batch": self.cfg.input_shape[0],
                               "latency_source": self.latency_source, "edgetpu_device": self.cfg.edgetpu.device}
         if self.predicted:
-            fp.update(model=f"analytic Edge TPU model {self.model.version}",
+            fp.update(model=f"analytic Edge TPU model, constants {fingerprint_hash(self.model.to_dict())}",
                       exporter=f"torch {torch.__version__.split('+')[0]} {self.cfg.exporter} opset{self.cfg.opset}")
         else:
             v = litert_versions()
