@@ -10,7 +10,7 @@ import numpy as np
 
 from nas.arch import Arch
 from nas.config import PredictorSearchConfig
-from nas.latency import measured_archs
+from nas.latency import measured_archs, setup_fingerprint
 from nas.measure_cache import MeasurementCache
 from nas.predictors.base import PredictorError, load_predictor
 from nas.predictors.kernel_sum import KernelSumPredictor
@@ -22,6 +22,32 @@ class Prediction:
     mean_ms: float
     std_ms: float
     skip: bool
+
+
+class PriorCorrection:
+    """An analytic latency model's prediction, scaled by what the device measured (the HELP idea, simplest form).
+
+    The correction is the median of measured / predicted over this set-up's measurements; its spread (median
+    absolute deviation of that ratio) becomes the prediction's relative uncertainty. Before ``min_pairs``
+    measurements the analytic model is used as it is, with its own calibration error.
+    """
+
+    def __init__(self, rel_error: float, min_pairs: int = 3) -> None:
+        self.rel_error, self.min_pairs = rel_error, min_pairs
+        self.factor, self.spread, self.n = 1.0, rel_error, 0
+
+    def fit(self, pairs: list[tuple[float, float]]) -> PriorCorrection:
+        """``pairs``: (predicted ms, measured ms)."""
+        ratios = np.array([m / p for p, m in pairs if p > 0 and m > 0])
+        self.n = len(ratios)
+        if self.n >= self.min_pairs:
+            self.factor = float(np.median(ratios))
+            self.spread = max(float(np.median(np.abs(ratios / self.factor - 1.0))), 0.02)
+        return self
+
+    def apply(self, prior_ms: float) -> tuple[float, float]:
+        mean = prior_ms * self.factor
+        return mean, mean * self.spread
 
 
 @dataclass
@@ -44,6 +70,14 @@ class PredictorGate:
         self.n_fit = 0
         self.new_measurements = 0
         self.stats = GateStats()
+        # A target that predicts its own latencies needs no gate; one with an analytic prior (an Edge TPU
+        # attached) gates with the prior, corrected by what the device measures.
+        self.active = cfg.enabled and not getattr(target, "predicted", False)
+        self.prior = PriorCorrection(target.model.rel_error) if callable(getattr(target, "prior_ms", None)) else None
+        if self.prior is not None:
+            self.source = "analytic model x device correction"
+            self._fit_prior()
+            return
         if predictor_file is not None and predictor_file.exists():
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -57,6 +91,13 @@ class PredictorGate:
         if self.predictor is None:
             self.refit()
 
+    def _fit_prior(self) -> None:
+        pairs = [(extra["details"]["estimate"]["ms"], s.value(self.statistic))
+                 for extra, s in self.cache.rows(setup_fingerprint(self.target, self.num_classes))
+                 if (extra.get("details") or {}).get("estimate")]
+        self.prior.fit(pairs)
+        self.stats.refits += 1
+
     def refit(self) -> None:
         """Fit a kernel-sum predictor on every measurement of this set-up (never fewer points than it had)."""
         archs, stats = measured_archs(self.cache, self.target, self.num_classes)
@@ -68,7 +109,12 @@ class PredictorGate:
         self.stats.refits += 1
 
     def predict(self, arch: Arch, protect: bool = False) -> Prediction | None:
-        if self.predictor is None or not self.cfg.enabled:
+        if not self.active:
+            return None
+        if self.prior is not None:
+            m, s = self.prior.apply(self.target.prior_ms(arch, self.num_classes))
+            return Prediction(m, s, skip=not protect and m - self.cfg.z * s > self.budget_ms)
+        if self.predictor is None:
             return None
         mean, std = self.predictor.predict([arch])
         m, s = float(mean[0]), float(std[0])
@@ -78,9 +124,11 @@ class PredictorGate:
         if prediction is not None:
             self.stats.measured_with_prediction += 1
             self.stats.abs_rel_errors.append(abs(prediction.mean_ms - measured_ms) / measured_ms)
-        if not cached:
+        if not cached and self.active:
             self.new_measurements += 1
-            if self.new_measurements % self.cfg.refit_every == 0 or self.predictor is None:
+            if self.prior is not None:
+                self._fit_prior()
+            elif self.new_measurements % self.cfg.refit_every == 0 or self.predictor is None:
                 self.refit()
 
     def summary(self) -> str:

@@ -117,7 +117,7 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
 
     enqueued = _enqueue_references(study, space) if cfg.search_space.enqueue_references else []
     if cfg.predictor.enabled and not predicted:
-        log(f"latency predictor: {ctx.gate.source}" + ("" if ctx.gate.predictor else
+        log(f"latency predictor: {ctx.gate.source}" + ("" if ctx.gate.predictor or ctx.gate.prior else
             f" (fitted online after {cfg.predictor.min_fit} measurements on this set-up)"))
     log(f"study {name}: {before} trial(s) stored, adding {cfg.study.n_trials}"
         + (f" (first: {', '.join(enqueued)})" if enqueued else "")

@@ -11,8 +11,14 @@ reduces over one channel, fills 1/64 of the array. host_bytes = parameters that 
 (CACHE_BYTES; they stream over USB every inference) plus the input and the tensors the TPU hands back. cpu_ms = plain
 fallback MACs / a CPU throughput taken from Coral's desktop-CPU column. a, b, c, d >= 0 are fitted by non-negative
 least squares on the 7 rows of Coral's table with relative residuals (so the 2.4 ms and the 296 ms rows weigh alike),
-one set per device column (``usb``, ``dev_board``). The leave-one-out median absolute percentage error ships with the
-constants and is each prediction's ``rel_error``.
+one set per device column (``usb``, ``dev_board``).
+
+Uncertainty: the leave-one-out median absolute percentage error (LOO MdAPE) ships with the constants, overall
+(``rel_error``) and split by whether a calibration model's parameters fit the cache: ``rel_error_cached`` (the 4
+small models) and ``rel_error_streaming`` (the 3 whose parameters stream). A prediction's ``rel_error`` is the
+streaming figure when it streams parameters, the cached one otherwise. The cache size and ARRAY_TILE were chosen by
+LOO error on the same 7 rows, so these LOO figures are optimistic; benchmarks/edgetpu_calibration.py also prints a
+nested LOO (settings chosen on the 6 training rows of each fold) and writes it to the constants JSON (``nested_loo``).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +39,7 @@ from scipy.stats import spearmanr
 DATA_DIR = Path(__file__).parent / "data"
 CORAL_CSV = DATA_DIR / "coral_edgetpu_benchmarks.csv"
 FEATURES_CSV = DATA_DIR / "edgetpu_features.csv"
+TILE_MACS_CSV = DATA_DIR / "edgetpu_tile_macs.csv"  # tpu_array_macs of each calibration model at every tile
 CONSTANTS_JSON = DATA_DIR / "edgetpu_constants.json"
 CORAL_SOURCE = 'Coral documentation, "Edge TPU performance benchmarks", Table 1 (coral.ai/docs/edgetpu/benchmarks)'
 
@@ -44,8 +51,10 @@ DEVICES: dict[str, str] = {"usb": "usb_accelerator_ms", "dev_board": "dev_board_
 PEAK_MACS_PER_MS = 2e9  # 4 TOPS int8 = 2 TMAC/s, for comparing the fitted c (not enforced)
 # Channel tile of the compute term. Plain MACs leave MobileNetV2 (0.30 GMAC, 2.6 ms) slower than MobileNetV1
 # (0.57 GMAC, 2.4 ms) unexplained; padding channels to the array width explains it. benchmarks/edgetpu_calibration.py
-# prints the LOO error for tiles 1..128 (64 is best there, so that figure is chosen on the same 7 rows).
+# prints the LOO error for tiles 1..128 (64 is best there, so that figure is chosen on the same 7 rows) and a nested
+# LOO that chooses tile and cache inside each fold: 6 of its 7 folds choose 64 (inception_v1's held-out fold: 32).
 ARRAY_TILE = 64
+TILE_CANDIDATES: tuple[int, ...] = (1, 8, 16, 32, 64, 128)
 
 # ONNX ops the Edge TPU compiler maps, from Coral's table in "TensorFlow models on the Edge TPU", section "Supported
 # operations" (coral.ai/docs/edgetpu/models-intro/#supported-operations), translated to the ONNX ops that the TFLite
@@ -110,8 +119,8 @@ class EdgeTpuEstimate:
     compute_ms: float  # c * tpu_array_macs
     streaming_ms: float  # d * host_bytes (uncached parameters + input + output over USB)
     cpu_ms: float  # fallback MACs on the host CPU
-    # Leave-one-out MdAPE of the constants (a fraction). A median: the 3 calibration models whose parameters overflow
-    # the cache were off by 37-109% in leave-one-out, so read it as the error for models that fit the cache.
+    # Leave-one-out MdAPE of the constants (a fraction) over the calibration models in the same regime as this one:
+    # EdgeTpuModel.rel_error_streaming when parameters stream (streamed_bytes > 0), else rel_error_cached.
     rel_error: float
     tpu_ops: int
     cpu_ops: int
@@ -287,9 +296,16 @@ class EdgeTpuModel:
     cache_bytes: int
     cpu_macs_per_ms: float
     compute: str = "array"
-    rel_error: float = float("nan")  # LOO MdAPE as a fraction
+    rel_error: float = float("nan")  # LOO MdAPE as a fraction, all calibration rows
     spearman: float = float("nan")  # LOO Spearman
     device: str = "usb"
+    rel_error_cached: float = float("nan")  # LOO MdAPE over the rows whose mapped parameters fit cache_bytes
+    rel_error_streaming: float = float("nan")  # LOO MdAPE over the rows whose mapped parameters overflow it
+
+    def rel_error_for(self, streamed_bytes: int) -> float:
+        """The LOO MdAPE of the calibration rows in the same cache regime (the overall one where that is unknown)."""
+        e = self.rel_error_streaming if streamed_bytes > 0 else self.rel_error_cached
+        return self.rel_error if math.isnan(e) else e
 
     def predict(self, features: EdgeTpuFeatures) -> EdgeTpuEstimate:
         f = features
@@ -298,16 +314,18 @@ class EdgeTpuModel:
         streaming = self.d * host_bytes(f, self.cache_bytes)
         cpu = f.cpu_macs / self.cpu_macs_per_ms
         cached = min(f.tpu_param_bytes, self.cache_bytes)
+        streamed = f.tpu_param_bytes - cached
         return EdgeTpuEstimate(
             ms=overhead + compute + streaming + cpu, overhead_ms=overhead, compute_ms=compute, streaming_ms=streaming,
-            cpu_ms=cpu, rel_error=self.rel_error, tpu_ops=f.tpu_ops, cpu_ops=f.cpu_ops, macs=f.macs,
-            param_bytes=f.param_bytes, cached_bytes=cached, streamed_bytes=f.tpu_param_bytes - cached,
+            cpu_ms=cpu, rel_error=self.rel_error_for(streamed), tpu_ops=f.tpu_ops, cpu_ops=f.cpu_ops, macs=f.macs,
+            param_bytes=f.param_bytes, cached_bytes=cached, streamed_bytes=streamed,
         )
 
     @classmethod
     def fit(cls, rows: Sequence[tuple[EdgeTpuFeatures, float]], *, cache_bytes: int, cpu_macs_per_ms: float,
             compute: str = "array", relative: bool = True, device: str = "usb", loo: bool = True) -> EdgeTpuModel:
-        """NNLS fit on (features, measured ms) rows; with ``loo`` also the leave-one-out MdAPE and Spearman."""
+        """NNLS fit on (features, measured ms) rows; with ``loo`` also the leave-one-out MdAPE (overall, and over
+        the rows whose parameters fit / overflow ``cache_bytes``) and Spearman."""
         if compute not in COMPUTE_FEATURES:
             raise ValueError(f"compute must be one of {COMPUTE_FEATURES}, not {compute!r}")
         feats = [f for f, _ in rows]
@@ -324,7 +342,10 @@ class EdgeTpuModel:
             return cls(a, b, c, d, **kw)
         pred = loo_predictions(rows, cache_bytes=cache_bytes, cpu_macs_per_ms=cpu_macs_per_ms, compute=compute,
                                relative=relative)
-        return cls(a, b, c, d, rel_error=mdape(pred, y), spearman=float(spearmanr(y, pred)[0]), **kw)
+        streams = np.array([f.tpu_param_bytes > cache_bytes for f in feats])
+        return cls(a, b, c, d, rel_error=mdape(pred, y), spearman=float(spearmanr(y, pred)[0]),
+                   rel_error_cached=mdape(pred[~streams], y[~streams]),
+                   rel_error_streaming=mdape(pred[streams], y[streams]), **kw)
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -352,9 +373,9 @@ def loo_predictions(rows: Sequence[tuple[EdgeTpuFeatures, float]], **fit_kw) -> 
 
 
 def mdape(pred: Iterable[float], measured: Iterable[float]) -> float:
-    """Median absolute percentage error, as a fraction."""
+    """Median absolute percentage error, as a fraction (NaN for no rows)."""
     p, y = np.asarray(list(pred), float), np.asarray(list(measured), float)
-    return float(np.median(np.abs(p - y) / y))
+    return float(np.median(np.abs(p - y) / y)) if len(y) else float("nan")
 
 
 def predict_onnx(model: onnx.ModelProto | str | Path, device: str = "usb") -> EdgeTpuEstimate:
@@ -384,6 +405,27 @@ def write_features_csv(features: dict[str, EdgeTpuFeatures], path: str | Path = 
             w.writerow({"model": model, **f.to_row()})
 
 
+def read_tile_macs_csv(path: str | Path = TILE_MACS_CSV) -> dict[str, dict[int, int]]:
+    """model -> {tile: tpu_array_macs at that tile} (columns ``tpu_array_macs_t<tile>``)."""
+    with open(path, newline="") as fh:
+        return {row["model"]: {int(k.removeprefix("tpu_array_macs_t")): int(v) for k, v in row.items()
+                               if k.startswith("tpu_array_macs_t")} for row in csv.DictReader(fh)}
+
+
+def write_tile_macs_csv(tile_macs: Mapping[str, Mapping[int, int]], path: str | Path = TILE_MACS_CSV) -> None:
+    tiles = sorted({t for by_tile in tile_macs.values() for t in by_tile})
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["model", *(f"tpu_array_macs_t{t}" for t in tiles)])
+        for model, by_tile in tile_macs.items():
+            w.writerow([model, *(by_tile[t] for t in tiles)])
+
+
+def at_tile(features: EdgeTpuFeatures, tile_macs: Mapping[int, int], tile: int) -> EdgeTpuFeatures:
+    """The features with the compute term at another tile (only tpu_array_macs depends on the tile)."""
+    return replace(features, tpu_array_macs=tile_macs[tile])
+
+
 def cpu_macs_per_ms(coral: list[dict[str, str]], features: dict[str, EdgeTpuFeatures]) -> float:
     """Host CPU throughput for fallback ops: the median MACs/ms over the desktop-CPU column. The median shrugs off
     efficientnet_edgetpu_s's 5431 ms (~50x what its MACs suggest). Coral gives no Dev Board CPU column, so the
@@ -404,17 +446,69 @@ def calibrate(features: dict[str, EdgeTpuFeatures] | None = None, coral: list[di
     def rows(col: str) -> list[tuple[EdgeTpuFeatures, float]]:
         return [(features[r["model"]], float(r[col])) for r in coral]
 
-    def score(cache: int) -> tuple[float, float]:
-        r = rows(DEVICES["usb"])
-        y = np.array([t for _, t in r])
-        ape = np.abs(loo_predictions(r, cache_bytes=cache, **kw) - y) / y
-        return float(np.median(ape)), float(np.mean(ape))
-
-    cache = min(cache_candidates, key=score)
+    cache = min(cache_candidates, key=lambda c: loo_score(rows(DEVICES["usb"]), cache_bytes=c, **kw))
     devices = {dev: EdgeTpuModel.fit(rows(col), cache_bytes=cache, device=dev, **kw).to_dict()
                for dev, col in DEVICES.items()}
     return {"source": CORAL_SOURCE, "cache_bytes": cache, "cache_candidates": list(cache_candidates),
             "array_tile": ARRAY_TILE, "cpu_macs_per_ms": cpu, "relative_fit": relative, "devices": devices}
+
+
+def loo_score(rows: Sequence[tuple[EdgeTpuFeatures, float]], **fit_kw) -> tuple[float, float]:
+    """(LOO MdAPE, LOO mean APE): the selection key for cache size and tile, least first."""
+    y = np.array([t for _, t in rows])
+    ape = np.abs(loo_predictions(rows, **fit_kw) - y) / y
+    return float(np.median(ape)), float(np.mean(ape))
+
+
+def select_settings(features: Mapping[str, EdgeTpuFeatures], tile_macs: Mapping[str, Mapping[int, int]],
+                    coral: Sequence[dict[str, str]], *, tiles: Sequence[int] = TILE_CANDIDATES,
+                    cache_candidates: Sequence[int] = CACHE_CANDIDATES, select_device: str = "usb",
+                    compute: str = "array", relative: bool = True) -> tuple[int, int, tuple[float, float]]:
+    """(tile, cache_bytes, score) of least LOO MdAPE (ties: least LOO mean APE, then the first candidate) on the
+    ``select_device`` column of ``coral``'s rows, over every tile x cache pair."""
+    cpu = cpu_macs_per_ms(list(coral), dict(features))
+    col = DEVICES[select_device]
+    scored = []
+    for tile in tiles:
+        rows = [(at_tile(features[r["model"]], tile_macs[r["model"]], tile), float(r[col])) for r in coral]
+        for cache in cache_candidates:
+            scored.append((loo_score(rows, cache_bytes=cache, cpu_macs_per_ms=cpu, compute=compute,
+                                     relative=relative), tile, cache))
+    score, tile, cache = min(scored, key=lambda s: s[0])  # min keeps the first of equal keys
+    return tile, cache, score
+
+
+def nested_loo(features: Mapping[str, EdgeTpuFeatures], tile_macs: Mapping[str, Mapping[int, int]],
+               coral: Sequence[dict[str, str]] | None = None, *, select_device: str = "usb",
+               **select_kw) -> dict:
+    """Nested leave-one-out: for each held-out row, choose tile and cache size by the LOO error on the other rows
+    (``select_settings``), fit every device column on those rows with that choice (the CPU throughput too), and
+    predict the held-out row. Returns ``folds`` (per held-out model: the choice, its inner score, the predictions)
+    and per device the nested ``mdape``, ``spearman``, ``pred`` and the MdAPE over the held-out rows whose parameters
+    fit (``mdape_cached``) or overflow (``mdape_streaming``) the cache their fold chose."""
+    coral = read_coral_csv() if coral is None else list(coral)
+    folds = []
+    for i, held in enumerate(coral):
+        train = [r for j, r in enumerate(coral) if j != i]
+        tile, cache, score = select_settings(features, tile_macs, train, select_device=select_device, **select_kw)
+        cpu = cpu_macs_per_ms(train, dict(features))
+        fit_kw = {k: v for k, v in select_kw.items() if k in ("compute", "relative")}
+        pred = {}
+        for dev, col in DEVICES.items():
+            rows = [(at_tile(features[r["model"]], tile_macs[r["model"]], tile), float(r[col])) for r in train]
+            m = EdgeTpuModel.fit(rows, cache_bytes=cache, cpu_macs_per_ms=cpu, device=dev, loo=False, **fit_kw)
+            pred[dev] = m.predict(at_tile(features[held["model"]], tile_macs[held["model"]], tile)).ms
+        folds.append({"model": held["model"], "tile": tile, "cache_bytes": cache, "inner_mdape": score[0],
+                      "streams": features[held["model"]].tpu_param_bytes > cache, "pred_ms": pred})
+    out: dict = {"select_device": select_device, "folds": folds}
+    streams = np.array([f["streams"] for f in folds])
+    for dev, col in DEVICES.items():
+        y = np.array([float(r[col]) for r in coral])
+        p = np.array([f["pred_ms"][dev] for f in folds])
+        out[dev] = {"mdape": mdape(p, y), "spearman": float(spearmanr(y, p)[0]),
+                    "mdape_cached": mdape(p[~streams], y[~streams]),
+                    "mdape_streaming": mdape(p[streams], y[streams]), "pred": p.tolist()}
+    return out
 
 
 # --- calibration models -------------------------------------------------------------------------------------------

@@ -37,9 +37,24 @@ def test_refit_reproduces_the_shipped_constants():
     assert refit["cpu_macs_per_ms"] == pytest.approx(shipped["cpu_macs_per_ms"], rel=1e-9)
     assert refit["devices"].keys() == shipped["devices"].keys() == {"usb", "dev_board"}
     for dev, consts in shipped["devices"].items():
+        assert {"rel_error", "rel_error_cached", "rel_error_streaming"} <= consts.keys(), dev
+        assert consts["rel_error_cached"] < consts["rel_error"] < consts["rel_error_streaming"], dev
         for key, value in consts.items():
             assert refit["devices"][dev][key] == (pytest.approx(value, rel=1e-9, abs=1e-15)
                                                   if isinstance(value, float) else value), (dev, key)
+
+
+def test_nested_loo_reproduces_the_shipped_record():
+    shipped = json.loads(et.CONSTANTS_JSON.read_text())["nested_loo"]
+    tile_macs = et.read_tile_macs_csv()
+    features = et.read_features_csv()
+    assert all(tile_macs[k][et.ARRAY_TILE] == f.tpu_array_macs for k, f in features.items())
+    nested = et.nested_loo(features, tile_macs)
+    assert [{k: f[k] for k in ("model", "tile", "cache_bytes")} for f in nested["folds"]] == \
+        [{k: f[k] for k in ("model", "tile", "cache_bytes")} for f in shipped["folds"]]
+    for dev in et.DEVICES:
+        for key in ("mdape", "spearman", "mdape_cached", "mdape_streaming"):
+            assert nested[dev][key] == pytest.approx(shipped[dev][key], rel=1e-9), (dev, key)
 
 
 def test_mobilenetv2_prediction_is_within_20_percent_of_coral(mobilenetv2_onnx):
@@ -63,6 +78,17 @@ def test_parameters_beyond_the_cache_stream(tmp_path):
     assert pb.streamed_bytes == big.param_bytes - model.cache_bytes and ps.streamed_bytes == 0
     assert pb.streaming_ms > 10 * ps.streaming_ms and pb.ms > 3 * ps.ms
     assert pb.compute_ms == pytest.approx(ps.compute_ms)
+
+
+def test_streaming_estimates_carry_the_larger_error(mobilenetv2_onnx, tmp_path):
+    big = et.features_of(_export(nn.Linear(4096, 4096), (1, 4096), tmp_path / "big.onnx"))  # 16.8 MB of weights
+    small = et.features_of(mobilenetv2_onnx)
+    for dev in et.DEVICES:
+        model = et.EdgeTpuModel.load(dev)
+        pb, ps = model.predict(big), model.predict(small)
+        assert pb.streamed_bytes > 0 and ps.streamed_bytes == 0
+        assert pb.rel_error == model.rel_error_streaming > ps.rel_error == model.rel_error_cached
+        assert pb.rel_error > model.rel_error > ps.rel_error  # the overall figure stays on the model
 
 
 class _ConvActConv(nn.Module):

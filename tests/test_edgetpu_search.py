@@ -77,3 +77,14 @@ def test_a_tflite_file_without_an_edge_tpu_is_one_line(tmp_path):
     fake.write_bytes(b"\0\0\0\0TFL3")
     res = run_nas("measure", f"model={fake}", "target=edge_tpu")
     assert res.returncode != 0 and "needs an Edge TPU" in res.stderr.strip().splitlines()[-1]
+
+
+def test_device_measurements_correct_the_analytic_prior():
+    from nas.predictor_gate import PriorCorrection
+
+    c = PriorCorrection(rel_error=0.11)
+    assert c.fit([(2.0, 3.0), (4.0, 6.2)]).apply(10.0) == (10.0, 1.1)  # too few pairs: the prior as it is
+    c.fit([(2.0, 3.0), (4.0, 6.2), (1.0, 1.45), (8.0, 12.0)])
+    mean, std = c.apply(10.0)
+    assert mean == 15.0  # the device runs 1.5x slower than the model says: predictions follow
+    assert 0 < std < 1.1  # and are trusted more once measurements agree with each other

@@ -1,4 +1,4 @@
-"""int8 TFLite: the conversion a device runs, `target=tflite_cpu` with the LiteRT interpreter, TFLite through the agent."""
+"""int8 TFLite: the conversion a device runs, target=tflite_cpu on the LiteRT interpreter, TFLite via the agent."""
 
 import json
 
