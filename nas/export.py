@@ -153,9 +153,20 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "reproduce": reproduce_command(cfg),
         "weights": "model.onnx carries seeded random weights: it is the architecture at the deployment shape, "
                    "to be trained by the training team"
-                   + ("; the latency was measured on its int8 QDQ form (ONNX Runtime static quantization), so "
-                      "quantize the trained model the same way" if cfg.target.precision == "int8" else ""),
+                   + _quantization_note(cfg),
     }
+
+
+def _quantization_note(cfg: SearchConfig) -> str:
+    if cfg.target.deploy_format == "tflite":
+        p = cfg.target.precision
+        return (f"; the latency is that of its {p} TFLite form (model_{p}.tflite: litert-torch + "
+                "ai-edge-quantizer), so convert the trained model the same way "
+                "(nas.tflite_convert.to_tflite with real calibration images)")
+    if cfg.target.precision == "int8":
+        return ("; the latency was measured on its int8 QDQ form (ONNX Runtime static quantization), so quantize the "
+                "trained model the same way")
+    return ""
 
 
 def reproduce_command(cfg: SearchConfig) -> str:
