@@ -60,13 +60,13 @@ class TargetConfig:
     token: str | None = None  # runtime=agent: the agent's token, when it has one
     timeout_s: float = 300.0  # runtime=agent: per request
     retries: int = 3  # runtime=agent: attempts on a dropped connection
-    format: str = "onnx"  # runtime=agent: the model file the agent runs: onnx (ONNX Runtime) or tflite (LiteRT)
+    format: str = "onnx"  # runtime=agent: onnx (ONNX Runtime), tflite (LiteRT) or edgetpu (int8 TFLite, Edge TPU)
     edgetpu: EdgeTpuConfig = field(default_factory=EdgeTpuConfig)
 
     @property
     def deploy_format(self) -> str:
         """The file a device runs: onnx, or tflite (LiteRT, the Edge TPU, an agent running LiteRT)."""
-        if self.runtime in ("litert", "edgetpu") or (self.runtime == "agent" and self.format == "tflite"):
+        if self.runtime in ("litert", "edgetpu") or (self.runtime == "agent" and self.format != "onnx"):
             return "tflite"
         return "onnx"
 
@@ -82,11 +82,12 @@ class TargetConfig:
         _require(self.precision in ("fp32", "fp16", "int8"),
                  f"target.precision={self.precision} must be fp32, fp16 or int8")
         _require(self.runtime in RUNTIMES, f"target.runtime={self.runtime}: use one of {RUNTIMES}")
-        _require(self.format in ("onnx", "tflite"), f"target.format={self.format} must be onnx or tflite")
+        _require(self.format in ("onnx", "tflite", "edgetpu"),
+                 f"target.format={self.format} must be onnx, tflite or edgetpu")
         if self.runtime == "litert" or (self.runtime == "agent" and self.format == "tflite"):
             _require(self.precision in ("int8", "fp32"), f"target.precision={self.precision}: TFLite targets take "
                      "int8 (full-integer) or fp32")
-        if self.runtime == "edgetpu":
+        if self.runtime == "edgetpu" or (self.runtime == "agent" and self.format == "edgetpu"):
             _require(self.precision == "int8", f"target.precision={self.precision}: the Edge TPU runs int8 only")
         _require(self.runtime != "agent" or bool(self.url),
                  "target=remote needs target.url=http://HOST:PORT of a running `nas agent`")

@@ -1,6 +1,7 @@
 """int8 TFLite: the conversion a device runs, target=tflite_cpu on the LiteRT interpreter, TFLite via the agent."""
 
 import json
+import shutil
 
 import numpy as np
 import optuna
@@ -94,6 +95,10 @@ def test_agent_measures_an_uploaded_tflite_model_and_refuses_a_non_tflite(small_
         bad = requests.post(f"{url}/measure", params={**QUICK, "format": "tflite"}, data=b"PK\x03\x04zipzip",
                             headers=AUTH, timeout=30)
         assert bad.status_code == 400 and "not a TFLite model" in bad.json()["error"]
+        if shutil.which("edgetpu_compiler") is None:  # the agent host's Edge TPU path says what is missing
+            r = requests.post(f"{url}/measure", params={**QUICK, "format": "edgetpu"},
+                              data=small_tflite.path.read_bytes(), headers=AUTH, timeout=60)
+            assert r.status_code == 422 and "edgetpu_compiler" in r.json()["error"]
         res = run_nas("measure", "arch=mobilenetv3_small_100", "target=remote", f"target.url={url}",
                       f"target.token={TOKEN}", "target.format=tflite", "target.precision=int8", f"workdir={tmp_path}",
                       "format=json", "target.input_shape=[1,3,32,32]", "target.repeats=10", "target.rounds=2",

@@ -85,7 +85,7 @@ class Agent:
         except OverflowError:
             return _error(413, f"upload is over the limit of {self._max_bytes()} bytes")
         try:
-            validate_tflite(body) if settings.format == "tflite" else validate_onnx(body)
+            validate_onnx(body) if settings.format == "onnx" else validate_tflite(body)
         except ModelRejected as e:
             return _error(400, str(e))
         self.waiting += 1
@@ -126,8 +126,8 @@ class Agent:
                 raise ValueError(f"scope={q['scope']} must be model or pipeline")
             values["scope"] = q["scope"]
         if "format" in q:
-            if q["format"] not in ("onnx", "tflite"):
-                raise ValueError(f"format={q['format']} must be onnx or tflite")
+            if q["format"] not in ("onnx", "tflite", "edgetpu"):
+                raise ValueError(f"format={q['format']} must be onnx, tflite or edgetpu")
             values["format"] = q["format"]
         if "source_size" in q:
             h, w = (int(v) for v in q["source_size"].split(","))
@@ -141,17 +141,24 @@ class Agent:
         with self.lock:
             started = time.time()
             with tempfile.TemporaryDirectory(prefix="nas-agent-") as tmp:
-                path = Path(tmp) / f"model.{settings.format}"
+                path = Path(tmp) / ("model.onnx" if settings.format == "onnx" else "model.tflite")
                 path.write_bytes(body)
                 target = self._target(settings)
                 stats = target.measure(path)
             self.measured += 1
+            report = getattr(target, "last_compile", None)
             return {"stats": stats.to_dict(), "fingerprint": target.fingerprint(),
+                    **({"compile": {k: v for k, v in report.to_dict().items() if k not in ("log", "path")}}
+                       if report is not None else {}),
                     "timing": {"queued_s": started - queued, "started": started, "finished": time.time()}}
 
 
     @staticmethod
     def _target(settings: TargetConfig) -> Any:
+        if settings.format == "edgetpu":  # raises EdgeTpuUnavailable (-> 422) without compiler, runtime or device
+            from nas.targets.edgetpu_device import EdgeTpuDevice
+
+            return EdgeTpuDevice(replace(settings, runtime="edgetpu", precision="int8"))
         if settings.format == "tflite":
             from nas.targets.litert import LiteRtTarget
 

@@ -20,8 +20,9 @@ class RemoteTarget:
         self.url = cfg.url.rstrip("/")
         self._info: dict[str, Any] | None = None
         self.last_timings: dict[str, float] = {}
-        self.artifact = cfg.format  # onnx (ONNX Runtime on the agent) or tflite (LiteRT on the agent)
-        self.deploy_format = cfg.format
+        # onnx: ONNX Runtime on the agent; tflite: LiteRT there; edgetpu: compiled and run on its Edge TPU
+        self.artifact = self.deploy_format = "onnx" if cfg.format == "onnx" else "tflite"
+        self.last_compile: dict[str, Any] | None = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
@@ -57,7 +58,8 @@ class RemoteTarget:
         info = self.info()
         return {
             "target": self.cfg.name, "device": info["device"], "machine": info["machine"],
-            "runtime": info["runtime"] if self.cfg.format == "onnx" else info.get("litert", "LiteRT missing"),
+            "runtime": {"onnx": info["runtime"], "tflite": info.get("litert", "LiteRT missing"),
+                        "edgetpu": f"{info.get('litert', 'LiteRT missing')} + Edge TPU"}[self.cfg.format],
             "providers": list(self.cfg.providers), "threads": self.cfg.threads, "precision": self.cfg.precision,
             "batch": self.cfg.input_shape[0], "exporter": f"{self.cfg.exporter} opset{self.cfg.opset}",
             "warmup": self.cfg.warmup, "repeats": self.cfg.repeats, "rounds": self.cfg.rounds, "via": "agent",
@@ -72,4 +74,9 @@ class RemoteTarget:
         t0 = time.perf_counter()
         out = self._request("POST", "/measure", params=params, data=Path(model_path).read_bytes())
         self.last_timings = {"measure": time.perf_counter() - t0, "queued": out["timing"]["queued_s"]}
+        self.last_compile = out.get("compile")
         return LatencyStats.from_dict(out["stats"])
+
+    def compile_dict(self) -> dict[str, Any] | None:
+        """format=edgetpu: the agent's edgetpu_compiler report for the last model."""
+        return self.last_compile
