@@ -199,6 +199,8 @@ def _table(records: list[TrialRecord], cfg: SearchConfig) -> str:
              "by the latency predictor",
              f"{'trial':>5}  {'arch':<22} {cfg.target.statistic + ' ms':>8} {'top-1':>6} {'params':>10} "
              f"{'MMACs':>7}  budget  pareto"]
+    if any(r.latency is not None and r.latency.source == "predicted" for r in done):
+        lines[0] += "\nlatencies are PREDICTED by the analytic Edge TPU model, not measured"
     for r in done:
         lines.append(f"{r.number:>5}  {r.label[:22]:<22} {r.latency_ms:>8.2f} {r.accuracy:>6.3f} "
                      f"{r.params or 0:>10,} {(r.macs or 0) / 1e6:>7.0f}  "

@@ -139,7 +139,8 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "meets_budget": r.latency_ms <= cfg.budget_ms,
         "accuracy_top1": r.accuracy,
         "accuracy_dataset": f"{cfg.dataset.name} at {cfg.dataset.resolution}px, "
-                            f"{cfg.study.epochs}-epoch proxy training (rank signal, not a final accuracy)",
+                            f"{cfg.study.epochs}-epoch proxy training (rank signal, not a final accuracy)"
+                            + ("; top-1 of the int8 model as deployed" if cfg.target.precision == "int8" else ""),
         "params": r.params,
         "macs": r.macs,
         "deploy_input_shape": list(deploy_shape(cfg.target, r.arch)),
