@@ -15,7 +15,7 @@ from nas.arch import Arch
 from nas.block_latency import make_entry_measure
 from nas.build import build_model
 from nas.config import PredictorCmdConfig
-from nas.errors import NasError
+from nas.errors import NasError, TargetError
 from nas.latency import deploy_shape, measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import export_onnx
@@ -44,6 +44,9 @@ def measure_many(archs: list[Arch], target: Target, cfg: PredictorCmdConfig, wor
 
 def _setup(cfg: PredictorCmdConfig) -> tuple[Path, Target, FactorizedSpace, dict[str, Any]]:
     target = make_target(cfg.target)
+    if getattr(target, "predicted", False):
+        raise TargetError(f"target={cfg.target.name} has no device here ({target.reason}), so its latencies come "
+                          "from the analytic model already; a learned predictor needs measurements")
     return Path(cfg.workdir).expanduser().resolve(), target, make_space(cfg.search_space), target.fingerprint()
 
 

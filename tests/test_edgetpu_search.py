@@ -88,3 +88,9 @@ def test_device_measurements_correct_the_analytic_prior():
     mean, std = c.apply(10.0)
     assert mean == 15.0  # the device runs 1.5x slower than the model says: predictions follow
     assert 0 < std < 1.1  # and are trusted more once measurements agree with each other
+
+
+def test_a_learned_predictor_for_a_predicting_edge_tpu_is_refused_in_one_line(tmp_path):
+    res = run_nas("predictor", "fit", "target=edge_tpu", f"workdir={tmp_path / 'wd'}")
+    assert res.returncode == 1 and "needs measurements" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "wd").exists()  # nothing written
