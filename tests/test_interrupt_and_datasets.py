@@ -17,9 +17,11 @@ from tests.conftest import FAST, nas_bin, run_nas
 
 def test_ctrl_c_keeps_finished_trials_and_resumes(tmp_path):
     wd = tmp_path / "wd"
+    # As in a terminal: a runner started in the background (no job control) ignores SIGINT, and children inherit it.
     proc = subprocess.Popen([nas_bin(), "search", f"workdir={wd}", "study.n_trials=50", *FAST],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("[  2/50]"):
             break
