@@ -183,13 +183,8 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             trial.set_user_attr("predicted_ms", pred.mean_ms)
             trial.set_user_attr("predicted_std_ms", pred.std_ms)
         if pred is not None and pred.skip:
-            ctx.gate.stats.skipped += 1
-            ctx.tracker.log(run_id, {"predicted_latency_ms": pred.mean_ms, "predicted_latency_std_ms": pred.std_ms},
-                            tags={"state": "skipped", "latency_source": "predicted", "feasible": "false",
-                                  "pareto": "false"})
             status = "FINISHED"
-            raise optuna.TrialPruned(f"predicted {pred.mean_ms:.2f} ± {pred.std_ms:.2f} ms, over budget "
-                                     f"{cfg.budget_ms:g} ms")
+            raise _skip(ctx, run_id, pred.mean_ms, pred.std_ms)
         try:
             lat = measure_arch(arch, ctx.target, cfg.target, ctx.cache, ctx.scratch / "candidate.onnx",
                                ctx.data.num_classes, ctx.data)
@@ -205,14 +200,9 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             trial.set_user_attr("latency_details", lat.details)
             if cfg.predictor.enabled and ref is None and latency_ms - cfg.predictor.z * lat.stats.std > cfg.budget_ms:
                 # The latency model is the only figure there is: training a surely-too-slow candidate is waste.
-                ctx.gate.stats.skipped += 1
                 trial.set_user_attr("latency", lat.stats.to_dict())
-                ctx.tracker.log(run_id, {f"predicted_latency_{stat}_ms": latency_ms,
-                                         "predicted_latency_std_ms": lat.stats.std},
-                                tags={"state": "skipped", "latency_source": "predicted", "feasible": "false",
-                                      "pareto": "false"})
                 status = "FINISHED"
-                raise optuna.TrialPruned(f"predicted {latency_ms:.2f} ms, over budget {cfg.budget_ms:g} ms")
+                raise _skip(ctx, run_id, latency_ms, lat.stats.std)
         else:
             ctx.gate.observe(pred, latency_ms, lat.cached)
         trial.set_user_attr("latency", lat.stats.to_dict())
@@ -228,7 +218,8 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
         try:
             acc = evaluate_accuracy(arch, ctx.data, cfg.study.epochs, cfg.study.batch_size, cfg.study.lr,
                                     cfg.study.seed, cfg.study.train_threads or os.cpu_count() or 1, on_epoch,
-                                    cfg.target.precision, int8_runtime(ctx.target))
+                                    cfg.target.precision,
+                                    "litert" if cfg.target.deploy_format == "tflite" else "onnxruntime")
         except (TrainingDiverged, RuntimeError, MemoryError) as e:
             raise _fail(trial, ctx, run_id, "training", e) from e
         times["train"] = acc.train_seconds
@@ -357,9 +348,12 @@ class _Progress:
         self.log(f"{head} | {body} | {dur:5.1f} s | {tail}")
 
 
-def int8_runtime(target: Target) -> str:
-    """Where an int8 candidate's accuracy is evaluated: the format the target deploys."""
-    return "litert" if getattr(target, "deploy_format", "onnx") == "tflite" else "onnxruntime"
+def _skip(ctx: _Context, run_id: str, mean_ms: float, std_ms: float) -> optuna.TrialPruned:
+    """Record a candidate predicted surely over budget (neither measured nor trained); the caller raises it."""
+    ctx.gate.stats.skipped += 1
+    ctx.tracker.log(run_id, {"predicted_latency_ms": mean_ms, "predicted_latency_std_ms": std_ms},
+                    tags={"state": "skipped", "latency_source": "predicted", "feasible": "false", "pareto": "false"})
+    return optuna.TrialPruned(f"predicted {mean_ms:.2f} ± {std_ms:.2f} ms, over budget {ctx.cfg.budget_ms:g} ms")
 
 
 def detail_metrics(details: dict[str, Any]) -> dict[str, float]:

@@ -34,7 +34,6 @@ class EdgeTpuTarget:
         self.model = EdgeTpuModel.load(et.device)
         self.predicted = self.device is None
         self.artifact = "onnx" if self.predicted else "tflite"
-        self.deploy_format = "tflite"  # what ships to the device, whatever is analysed here
         self.last_timings: dict[str, float] = {}
         self.last_estimate: Any = None  # the analytic estimate behind the last predicted latency
         self.last_compile: Any = None  # the compiler's report behind the last measured latency

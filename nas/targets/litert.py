@@ -43,7 +43,6 @@ class LiteRtTarget:
     """Measures ``.tflite`` files with the LiteRT interpreter, fixed threads, as the ONNX Runtime target does."""
 
     artifact = "tflite"
-    deploy_format = "tflite"
 
     def __init__(self, cfg: TargetConfig) -> None:
         if cfg.scope != "model":

@@ -21,7 +21,7 @@ class RemoteTarget:
         self._info: dict[str, Any] | None = None
         self.last_timings: dict[str, float] = {}
         # onnx: ONNX Runtime on the agent; tflite: LiteRT there; edgetpu: compiled and run on its Edge TPU
-        self.artifact = self.deploy_format = "onnx" if cfg.format == "onnx" else "tflite"
+        self.artifact = cfg.deploy_format
         self.last_compile: dict[str, Any] | None = None
 
     def _headers(self) -> dict[str, str]:
