@@ -16,7 +16,9 @@ one set per device column (``usb``, ``dev_board``).
 Uncertainty: the leave-one-out median absolute percentage error (LOO MdAPE) ships with the constants, overall
 (``rel_error``) and split by whether a calibration model's parameters fit the cache: ``rel_error_cached`` (the 4
 small models) and ``rel_error_streaming`` (the 3 whose parameters stream). A prediction's ``rel_error`` is the
-streaming figure when it streams parameters, the cached one otherwise. The cache size and ARRAY_TILE were chosen by
+streaming figure when it streams parameters, the cached one otherwise; the part predicted for ops that fall back to
+the host CPU carries the LOO error of the CPU-throughput term instead (``rel_error_cpu``, over Coral's desktop-CPU
+column), weighted by its share of the predicted time. The cache size and ARRAY_TILE were chosen by
 LOO error on the same 7 rows, so these LOO figures are optimistic; benchmarks/edgetpu_calibration.py also prints a
 nested LOO (settings chosen on the 6 training rows of each fold) and writes it to the constants JSON (``nested_loo``).
 """
@@ -119,8 +121,8 @@ class EdgeTpuEstimate:
     compute_ms: float  # c * tpu_array_macs
     streaming_ms: float  # d * host_bytes (uncached parameters + input + output over USB)
     cpu_ms: float  # fallback MACs on the host CPU
-    # Leave-one-out MdAPE of the constants (a fraction) over the calibration models in the same regime as this one:
-    # EdgeTpuModel.rel_error_streaming when parameters stream (streamed_bytes > 0), else rel_error_cached.
+    # Leave-one-out MdAPE (a fraction) of each part, weighted by its share of ``ms``: the Edge TPU part takes that of
+    # the calibration models in its cache regime (rel_error_streaming or rel_error_cached), the CPU part rel_error_cpu.
     rel_error: float
     tpu_ops: int
     cpu_ops: int
@@ -301,6 +303,7 @@ class EdgeTpuModel:
     device: str = "usb"
     rel_error_cached: float = float("nan")  # LOO MdAPE over the rows whose mapped parameters fit cache_bytes
     rel_error_streaming: float = float("nan")  # LOO MdAPE over the rows whose mapped parameters overflow it
+    rel_error_cpu: float = float("nan")  # LOO MdAPE of cpu_macs_per_ms on Coral's desktop-CPU column (fallback ops)
 
     def rel_error_for(self, streamed_bytes: int) -> float:
         """The LOO MdAPE of the calibration rows in the same cache regime (the overall one where that is unknown)."""
@@ -315,9 +318,14 @@ class EdgeTpuModel:
         cpu = f.cpu_macs / self.cpu_macs_per_ms
         cached = min(f.tpu_param_bytes, self.cache_bytes)
         streamed = f.tpu_param_bytes - cached
+        ms = overhead + compute + streaming + cpu
+        tpu_error = self.rel_error_for(streamed)
+        cpu_error = tpu_error if math.isnan(self.rel_error_cpu) else self.rel_error_cpu
+        # A ViT spends most of its time in CPU fallback: the TPU regime's small error must not speak for that part.
+        rel_error = ((ms - cpu) * tpu_error + cpu * cpu_error) / ms if cpu > 0 else tpu_error
         return EdgeTpuEstimate(
-            ms=overhead + compute + streaming + cpu, overhead_ms=overhead, compute_ms=compute, streaming_ms=streaming,
-            cpu_ms=cpu, rel_error=self.rel_error_for(streamed), tpu_ops=f.tpu_ops, cpu_ops=f.cpu_ops, macs=f.macs,
+            ms=ms, overhead_ms=overhead, compute_ms=compute, streaming_ms=streaming,
+            cpu_ms=cpu, rel_error=rel_error, tpu_ops=f.tpu_ops, cpu_ops=f.cpu_ops, macs=f.macs,
             param_bytes=f.param_bytes, cached_bytes=cached, streamed_bytes=streamed,
         )
 
@@ -426,11 +434,21 @@ def at_tile(features: EdgeTpuFeatures, tile_macs: Mapping[int, int], tile: int) 
     return replace(features, tpu_array_macs=tile_macs[tile])
 
 
-def cpu_macs_per_ms(coral: list[dict[str, str]], features: dict[str, EdgeTpuFeatures]) -> float:
+def cpu_macs_per_ms(coral: Sequence[dict[str, str]], features: Mapping[str, EdgeTpuFeatures]) -> float:
     """Host CPU throughput for fallback ops: the median MACs/ms over the desktop-CPU column. The median shrugs off
     efficientnet_edgetpu_s's 5431 ms (~50x what its MACs suggest). Coral gives no Dev Board CPU column, so the
     dev_board constants reuse it (the board's Cortex-A53 is slower: its cpu_ms is a lower bound)."""
     return float(np.median([features[r["model"]].macs / float(r["desktop_cpu_ms"]) for r in coral]))
+
+
+def cpu_loo_error(coral: Sequence[dict[str, str]], features: Mapping[str, EdgeTpuFeatures]) -> float:
+    """LOO MdAPE of the CPU-fallback term: each desktop-CPU time predicted from the other rows' median throughput."""
+    pred, measured = [], []
+    for i, held in enumerate(coral):
+        throughput = cpu_macs_per_ms([r for j, r in enumerate(coral) if j != i], dict(features))
+        pred.append(features[held["model"]].macs / throughput)
+        measured.append(float(held["desktop_cpu_ms"]))
+    return mdape(pred, measured)
 
 
 def calibrate(features: dict[str, EdgeTpuFeatures] | None = None, coral: list[dict[str, str]] | None = None,
@@ -447,8 +465,9 @@ def calibrate(features: dict[str, EdgeTpuFeatures] | None = None, coral: list[di
         return [(features[r["model"]], float(r[col])) for r in coral]
 
     cache = min(cache_candidates, key=lambda c: loo_score(rows(DEVICES["usb"]), cache_bytes=c, **kw))
-    devices = {dev: EdgeTpuModel.fit(rows(col), cache_bytes=cache, device=dev, **kw).to_dict()
-               for dev, col in DEVICES.items()}
+    cpu_error = cpu_loo_error(coral, features)
+    devices = {dev: replace(EdgeTpuModel.fit(rows(col), cache_bytes=cache, device=dev, **kw),
+                            rel_error_cpu=cpu_error).to_dict() for dev, col in DEVICES.items()}
     return {"source": CORAL_SOURCE, "cache_bytes": cache, "cache_candidates": list(cache_candidates),
             "array_tile": ARRAY_TILE, "cpu_macs_per_ms": cpu, "relative_fit": relative, "devices": devices}
 

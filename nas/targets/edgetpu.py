@@ -49,7 +49,8 @@ class EdgeTpuTarget:
         return (f"WARNING: no Edge TPU measurement ({self.reason}); every {self.name} latency is PREDICTED by the "
                 f"analytic Edge TPU model ({self.cfg.edgetpu.device}; leave-one-out error on Coral's published "
                 f"figures: median {self.model.rel_error_cached:.0%} for models whose int8 parameters fit the on-chip "
-                f"cache, {self.model.rel_error_streaming:.0%} for those that stream), not measured")
+                f"cache, {self.model.rel_error_streaming:.0%} for those that stream, {self.model.rel_error_cpu:.0%} "
+                f"for time spent in ops that fall back to the host CPU), not measured")
 
     def fingerprint(self) -> dict[str, Any]:
         import torch
