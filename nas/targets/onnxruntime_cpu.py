@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def gpu_name() -> str:
+    """The GPU ONNX Runtime's CUDA provider runs on (device 0 of those visible), with its driver when known."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():  # respects CUDA_VISIBLE_DEVICES, as ONNX Runtime does
+            return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    except Exception:  # a CPU-only torch, or a driver torch cannot talk to
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+        name, _, driver = out.partition(",")
+        return f"{name.strip()} (driver {driver.strip()})"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown NVIDIA GPU"
+
+
+def _probe_model() -> bytes:
+    """A one-op ONNX model: enough for ONNX Runtime to register (or fail to register) each provider."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def unloaded_gpu_providers(requested: list[str], loaded: list[str]) -> list[str]:
+    """GPU providers asked for that a session did not register: ONNX Runtime then runs on the CPU without failing."""
+    return [p for p in requested if p in GPU_PROVIDERS and p not in loaded]
+
+
 class OnnxRuntimeTarget:
-    """Measures ONNX models with an ``InferenceSession`` on the configured execution providers."""
+    """Measures ONNX models with an ``InferenceSession`` on the configured execution providers.
+
+    On a GPU provider, ``run`` takes and returns host arrays and returns once the output is back on the host, so
+    every timed run is synchronised with the device and includes the input and output copies.
+    """
 
     def __init__(self, cfg: TargetConfig) -> None:
         import onnxruntime as ort
@@ -41,6 +84,11 @@ class OnnxRuntimeTarget:
         self.name = cfg.name
         self.last_timings: dict[str, float] = {}  # seconds of the last measure(): session, measure
         self._ort = ort
+        self.accelerator: str | None = None
+        # What a session really registers: the fingerprint names those, never merely the requested ones.
+        self.providers = self._loaded(self.session(_probe_model(), "a one-op probe model"))
+        if any(p in GPU_PROVIDERS for p in self.providers):
+            self.accelerator = gpu_name()
 
     def fingerprint(self) -> dict[str, Any]:
         import torch
@@ -50,7 +98,7 @@ class OnnxRuntimeTarget:
             "device": cpu_model(),
             "machine": platform.machine(),
             "runtime": f"onnxruntime {self._ort.__version__}",
-            "providers": list(self.cfg.providers),
+            "providers": self.providers,
             "threads": self.cfg.threads,
             "precision": self.cfg.precision,
             "batch": self.cfg.input_shape[0],
@@ -59,9 +107,21 @@ class OnnxRuntimeTarget:
             "repeats": self.cfg.repeats,
             "rounds": self.cfg.rounds,
             "scope": self.cfg.scope if self.cfg.scope == "model" else f"pipeline from {self.cfg.source_size} JPEG",
+            # Two GPUs behind the same host CPU must never share a measurement.
+            **({"accelerator": self.accelerator} if self.accelerator else {}),
         }
 
-    def session(self, model_path: Path) -> Any:
+    def _loaded(self, sess: Any) -> list[str]:
+        """The session's providers; a GPU provider that failed to register is an error, not a silent CPU run."""
+        loaded = list(sess.get_providers())
+        missing = unloaded_gpu_providers(list(self.cfg.providers), loaded)
+        if missing:
+            raise TargetError(f"target {self.cfg.name}: ONNX Runtime has {missing} but could not load it (the CUDA, "
+                              "cuDNN or TensorRT libraries that this onnxruntime-gpu build needs are missing or of "
+                              f"another version; loaded: {loaded}), so it would time the CPU instead")
+        return loaded
+
+    def session(self, model: Path | bytes, what: str = "") -> Any:
         so = self._ort.SessionOptions()
         so.intra_op_num_threads = self.cfg.threads
         so.inter_op_num_threads = 1
@@ -69,10 +129,14 @@ class OnnxRuntimeTarget:
         so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         try:
-            return self._ort.InferenceSession(str(model_path), so, providers=list(self.cfg.providers))
+            sess = self._ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                              providers=list(self.cfg.providers))
         except Exception as e:  # ORT raises its own exception types for corrupt or unsupported models
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TargetError(f"ONNX Runtime cannot load {model_path}: {first}") from None
+            raise TargetError(f"ONNX Runtime cannot load {what or model}: {first}") from None
+        if self.accelerator is not None:  # a per-model session can fail to register the GPU provider too
+            self._loaded(sess)
+        return sess
 
     def measure(self, model_path: Path) -> LatencyStats:
         t0 = time.perf_counter()
