@@ -35,6 +35,13 @@ def choose(records: list[TrialRecord], budget_ms: float, statistic: str) -> Tria
     if best is not None:
         return best
     quick = fastest(records)
+    skipped = [r for r in records if r.state == "skipped" and "predicted_ms" in r.attrs]
+    if quick is None and skipped:  # a search ran, but every candidate was predicted surely over the budget
+        low = min(skipped, key=lambda r: r.attrs["predicted_ms"])
+        raise NoFeasibleTrial(
+            f"no trial meets budget_ms={budget_ms:g} ({statistic}): all {len(skipped)} trial(s) were predicted surely "
+            f"over it, the lowest trial {low.number} ({low.label}) at {low.attrs['predicted_ms']:.2f} ms: raise the "
+            "budget or narrow the space to smaller models")
     if quick is None:
         raise NoFeasibleTrial(f"no completed trial to export yet for budget {budget_ms:g} ms: run `nas search` first")
     raise NoFeasibleTrial(

@@ -184,7 +184,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             trial.set_user_attr("predicted_std_ms", pred.std_ms)
         if pred is not None and pred.skip:
             status = "FINISHED"
-            raise _skip(ctx, run_id, pred.mean_ms, pred.std_ms)
+            raise _skip(ctx, run_id, "predicted_latency_ms", pred.mean_ms, pred.std_ms)
         try:
             lat = measure_arch(arch, ctx.target, cfg.target, ctx.cache, ctx.scratch / "candidate.onnx",
                                ctx.data.num_classes, ctx.data)
@@ -202,7 +202,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
                 # The latency model is the only figure there is: training a surely-too-slow candidate is waste.
                 trial.set_user_attr("latency", lat.stats.to_dict())
                 status = "FINISHED"
-                raise _skip(ctx, run_id, latency_ms, lat.stats.std)
+                raise _skip(ctx, run_id, f"predicted_latency_{stat}_ms", latency_ms, lat.stats.std)
         else:
             ctx.gate.observe(pred, latency_ms, lat.cached)
         trial.set_user_attr("latency", lat.stats.to_dict())
@@ -348,10 +348,11 @@ class _Progress:
         self.log(f"{head} | {body} | {dur:5.1f} s | {tail}")
 
 
-def _skip(ctx: _Context, run_id: str, mean_ms: float, std_ms: float) -> optuna.TrialPruned:
-    """Record a candidate predicted surely over budget (neither measured nor trained); the caller raises it."""
+def _skip(ctx: _Context, run_id: str, metric: str, mean_ms: float, std_ms: float) -> optuna.TrialPruned:
+    """Record a candidate predicted surely over budget (neither measured nor trained); the caller raises it.
+    ``metric`` names the prediction as the trial's other predicted figures are named."""
     ctx.gate.stats.skipped += 1
-    ctx.tracker.log(run_id, {"predicted_latency_ms": mean_ms, "predicted_latency_std_ms": std_ms},
+    ctx.tracker.log(run_id, {metric: mean_ms, "predicted_latency_std_ms": std_ms},
                     tags={"state": "skipped", "latency_source": "predicted", "feasible": "false", "pareto": "false"})
     return optuna.TrialPruned(f"predicted {mean_ms:.2f} ± {std_ms:.2f} ms, over budget {ctx.cfg.budget_ms:g} ms")
 

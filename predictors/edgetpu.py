@@ -445,7 +445,7 @@ def cpu_loo_error(coral: Sequence[dict[str, str]], features: Mapping[str, EdgeTp
     """LOO MdAPE of the CPU-fallback term: each desktop-CPU time predicted from the other rows' median throughput."""
     pred, measured = [], []
     for i, held in enumerate(coral):
-        throughput = cpu_macs_per_ms([r for j, r in enumerate(coral) if j != i], dict(features))
+        throughput = cpu_macs_per_ms([r for j, r in enumerate(coral) if j != i], features)
         pred.append(features[held["model"]].macs / throughput)
         measured.append(float(held["desktop_cpu_ms"]))
     return mdape(pred, measured)

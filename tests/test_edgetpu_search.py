@@ -41,6 +41,21 @@ def test_edge_tpu_search_runs_end_to_end_and_says_latencies_are_predicted(tmp_pa
     assert it.get_input_details()[0]["dtype"] == np.int8
 
 
+def test_edge_tpu_candidate_predicted_over_budget_is_skipped_and_labelled(tmp_path):
+    wd = tmp_path / "wd"
+    res = run_nas("search", "target=edge_tpu", "budget_ms=0.5", f"workdir={wd}", "study.n_trials=1",
+                  "search_space.enqueue_references=false", "format=json", *FAST)
+    assert res.returncode == 1  # nothing meets 0.5 ms: no export, said in one line
+    assert "all 1 trial(s) were predicted surely over it" in res.stderr
+    assert last_json(res.stdout)["skipped"] == 1  # predicted ~1 ms at this resolution: neither trained nor converted
+    study = optuna.load_study(study_name="edge_tpu-mbconv-digits-0.5ms", storage=f"sqlite:///{wd / 'optuna.db'}")
+    run = MlflowClient(f"sqlite:///{wd / 'mlflow.db'}").get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.data.tags["state"] == "skipped" and run.data.tags["latency_source"] == "predicted"
+    # The same metric name as every other predicted Edge TPU figure, so the MLflow UI compares them.
+    assert run.data.metrics["predicted_latency_p90_ms"] > 0.5 and "latency_p90_ms" not in run.data.metrics
+    assert not (wd / "exports").exists()
+
+
 def _export(model: torch.nn.Module, path, size: int = 224):
     with torch.no_grad():
         torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
