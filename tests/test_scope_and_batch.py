@@ -1,5 +1,6 @@
 """Batch size and the budget's scope change what is measured."""
 
+import numpy as np
 import onnxruntime as ort
 from nas.search_spaces.references import reference_archs
 
@@ -24,12 +25,21 @@ def test_pipeline_scope_splits_the_time(tmp_path):
     assert out["fingerprint"]["scope"].startswith("pipeline")
 
 
+def test_pipeline_scope_feeds_an_fp16_model_half_precision_pixels(tmp_path):
+    res = run_nas("measure", "arch=mobilenetv3_small_100", "target.scope=pipeline", "target.precision=fp16",
+                  "target.input_shape=[1,3,64,64]", f"workdir={tmp_path}", "format=json", *QUICK)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = last_json(res.stdout)
+    assert out["fingerprint"]["precision"] == "fp16" and out["latency_ms"]["split_ms"]["model"] > 0
+
+
 def test_pipeline_preprocessing_produces_the_model_input():
     pipe = Pipeline((2, 3, 48, 40), (120, 160))
     x = pipe.preprocess()
     assert x.shape == (2, 3, 48, 40) and x.dtype.name == "float32"
     top = Pipeline.postprocess(x.reshape(2, -1)[:, :10])
     assert top.shape == (2, 5)
+    assert Pipeline((1, 3, 8, 8), (16, 16), dtype=np.float16).preprocess().dtype == np.float16
 
 
 def test_batch_size_is_part_of_the_set_up(tmp_path):

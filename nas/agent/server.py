@@ -24,7 +24,7 @@ from starlette.routing import Route
 from nas.agent.validate import ModelRejected, validate_onnx, validate_tflite
 from nas.config import AgentConfig, TargetConfig
 from nas.errors import TargetError
-from nas.targets.onnxruntime_cpu import OnnxRuntimeTarget
+from nas.targets.ort import OnnxRuntimeTarget
 
 LIMITS = {"threads": (1, 256), "warmup": (0, 1000), "repeats": (5, 10000), "rounds": (1, 100)}
 

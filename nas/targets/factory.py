@@ -5,7 +5,7 @@ from __future__ import annotations
 from nas.config import TargetConfig
 from nas.errors import TargetError
 from nas.targets.base import Target
-from nas.targets.onnxruntime_cpu import OnnxRuntimeTarget
+from nas.targets.ort import OnnxRuntimeTarget
 
 
 def make_target(cfg: TargetConfig) -> Target:

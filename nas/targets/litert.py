@@ -13,7 +13,7 @@ import numpy as np
 from nas.config import TargetConfig
 from nas.errors import TargetError
 from nas.targets.base import LatencyStats
-from nas.targets.onnxruntime_cpu import cpu_model
+from nas.targets.ort import cpu_model
 from nas.targets.timing import run_rounds
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import platform
-import subprocess
+import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,17 @@ import numpy as np
 from nas.config import TargetConfig
 from nas.errors import TargetError
 from nas.targets.base import LatencyStats
+from nas.targets.gpu import (
+    GPU_INSTALL,
+    clash,
+    gpu_name,
+    installed_builds,
+    load_failure,
+    native_stderr,
+    preload_cuda_libraries,
+    unloaded_gpu_providers,
+    wants_gpu,
+)
 from nas.targets.timing import run_rounds
 
 
@@ -24,27 +37,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-def gpu_name() -> str:
-    """The GPU ONNX Runtime's CUDA provider runs on (device 0 of those visible), with its driver when known."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():  # respects CUDA_VISIBLE_DEVICES, as ONNX Runtime does
-            return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    except Exception:  # a CPU-only torch, or a driver torch cannot talk to
-        pass
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader", "-i", "0"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout.strip()
-        name, _, driver = out.partition(",")
-        return f"{name.strip()} (driver {driver.strip()})"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown NVIDIA GPU"
 
 
 def _probe_model() -> bytes:
@@ -59,11 +51,6 @@ def _probe_model() -> bytes:
     return model.SerializeToString()
 
 
-def unloaded_gpu_providers(requested: list[str], loaded: list[str]) -> list[str]:
-    """GPU providers asked for that a session did not register: ONNX Runtime then runs on the CPU without failing."""
-    return [p for p in requested if p in GPU_PROVIDERS and p not in loaded]
-
-
 class OnnxRuntimeTarget:
     """Measures ONNX models with an ``InferenceSession`` on the configured execution providers.
 
@@ -74,10 +61,14 @@ class OnnxRuntimeTarget:
     def __init__(self, cfg: TargetConfig) -> None:
         import onnxruntime as ort
 
+        self.gpu = wants_gpu(list(cfg.providers))
+        if self.gpu:
+            preload_cuda_libraries(ort)
         missing = [p for p in cfg.providers if p not in ort.get_available_providers()]
         if missing:
-            hint = (" install the GPU build: pip uninstall -y onnxruntime && pip install '.[gpu]'"
-                    if any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in missing) else "")
+            hint = ""
+            if wants_gpu(missing):
+                hint = " " + (clash(installed_builds()) or f"install the GPU build: {GPU_INSTALL}")
             raise TargetError(f"target {cfg.name}: ONNX Runtime here lacks {missing} "
                               f"(available: {ort.get_available_providers()});{hint}")
         self.cfg = cfg
@@ -86,8 +77,8 @@ class OnnxRuntimeTarget:
         self._ort = ort
         self.accelerator: str | None = None
         # What a session really registers: the fingerprint names those, never merely the requested ones.
-        self.providers = self._loaded(self.session(_probe_model(), "a one-op probe model"))
-        if any(p in GPU_PROVIDERS for p in self.providers):
+        self.providers = list(self.session(_probe_model(), "a one-op probe model").get_providers())
+        if wants_gpu(self.providers):
             self.accelerator = gpu_name()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -111,16 +102,6 @@ class OnnxRuntimeTarget:
             **({"accelerator": self.accelerator} if self.accelerator else {}),
         }
 
-    def _loaded(self, sess: Any) -> list[str]:
-        """The session's providers; a GPU provider that failed to register is an error, not a silent CPU run."""
-        loaded = list(sess.get_providers())
-        missing = unloaded_gpu_providers(list(self.cfg.providers), loaded)
-        if missing:
-            raise TargetError(f"target {self.cfg.name}: ONNX Runtime has {missing} but could not load it (the CUDA, "
-                              "cuDNN or TensorRT libraries that this onnxruntime-gpu build needs are missing or of "
-                              f"another version; loaded: {loaded}), so it would time the CPU instead")
-        return loaded
-
     def session(self, model: Path | bytes, what: str = "") -> Any:
         so = self._ort.SessionOptions()
         so.intra_op_num_threads = self.cfg.threads
@@ -128,15 +109,27 @@ class OnnxRuntimeTarget:
         so.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        if not self.gpu:
+            return self._create(model, so, what)
+        # ONNX Runtime says why a provider did not load in its native log, and in prints of its Python wrapper.
+        with native_stderr() as log, redirect_stdout(io.StringIO()) as printed:
+            sess = self._create(model, so, what)
+        log += printed.getvalue().splitlines()
+        missing = unloaded_gpu_providers(list(self.cfg.providers), list(sess.get_providers()))
+        if missing:  # ONNX Runtime would quietly time the CPU instead
+            why = clash(installed_builds()) or load_failure(log)
+            raise TargetError(f"target {self.cfg.name}: ONNX Runtime could not load {missing}: {why}")
+        if log:
+            print("\n".join(log), file=sys.stderr)
+        return sess
+
+    def _create(self, model: Path | bytes, so: Any, what: str) -> Any:
         try:
-            sess = self._ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+            return self._ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                               providers=list(self.cfg.providers))
         except Exception as e:  # ORT raises its own exception types for corrupt or unsupported models
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TargetError(f"ONNX Runtime cannot load {what or model}: {first}") from None
-        if self.accelerator is not None:  # a per-model session can fail to register the GPU provider too
-            self._loaded(sess)
-        return sess
 
     def measure(self, model_path: Path) -> LatencyStats:
         t0 = time.perf_counter()
@@ -164,7 +157,9 @@ class OnnxRuntimeTarget:
 
         inp = sess.get_inputs()[0]
         shape = [d if isinstance(d, int) and d > 0 else self.cfg.input_shape[i] for i, d in enumerate(inp.shape)]
-        pipe = Pipeline(tuple(shape), tuple(self.cfg.source_size))
+        pipe = Pipeline(tuple(shape), tuple(self.cfg.source_size), dtype=_ORT_DTYPES.get(inp.type, np.float32))
+        if self.accelerator is not None:
+            return self._device_pipeline(sess, pipe)
 
         def pipeline() -> dict[str, float]:
             t0 = time.perf_counter_ns()
@@ -177,6 +172,34 @@ class OnnxRuntimeTarget:
             # CPU execution: the input is already in the model's memory, so transfer is 0 here.
             return {"preprocess": (t1 - t0) / 1e6, "transfer": 0.0, "model": (t2 - t1) / 1e6,
                     "postprocess": (t3 - t2) / 1e6}
+
+        return pipeline
+
+    def _device_pipeline(self, sess: Any, pipe: Any) -> Any:
+        """The pipeline on a GPU, with the copies to and from device memory timed apart from the model (I/O binding)."""
+        ort = self._ort
+        name = sess.get_inputs()[0].name
+        outputs = [o.name for o in sess.get_outputs()]
+
+        def pipeline() -> dict[str, float]:
+            t0 = time.perf_counter_ns()
+            x = pipe.preprocess()
+            t1 = time.perf_counter_ns()
+            x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)  # host -> device, returns when copied
+            t2 = time.perf_counter_ns()
+            binding = sess.io_binding()
+            binding.bind_ortvalue_input(name, x_dev)
+            for o in outputs:
+                binding.bind_output(o, "cuda", 0)  # outputs stay on the device until copied below
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+            t3 = time.perf_counter_ns()
+            logits = binding.copy_outputs_to_cpu()[0]  # device -> host
+            t4 = time.perf_counter_ns()
+            pipe.postprocess(logits)
+            t5 = time.perf_counter_ns()
+            return {"preprocess": (t1 - t0) / 1e6, "transfer": (t2 - t1 + t4 - t3) / 1e6, "model": (t3 - t2) / 1e6,
+                    "postprocess": (t5 - t4) / 1e6}
 
         return pipeline
 
