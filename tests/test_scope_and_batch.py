@@ -8,6 +8,7 @@ from nas.build import build_model
 from nas.config import TargetConfig
 from nas.onnx_export import export_onnx
 from nas.targets.factory import make_target
+from nas.targets.ort import io_bound_pipeline
 from nas.targets.pipeline import Pipeline
 from tests.conftest import last_json, run_nas
 
@@ -57,3 +58,22 @@ def test_batched_export_is_measured_at_its_batch(tmp_path):
                        tmp_path / "b4.onnx")
     assert ort.InferenceSession(str(path)).get_inputs()[0].shape == [4, 3, 64, 64]
     assert make_target(cfg).measure(path).n == 10
+
+
+def test_io_bound_pipeline_returns_the_models_output_and_times_the_copies(tmp_path):
+    # The GPU pipeline's I/O binding, run against CPU memory: what a CI machine can check of it.
+    path = export_onnx(build_model(reference_archs()["mobilenetv3_small_100"], 10), (1, 3, 64, 64),
+                       tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    seen = []
+
+    class Recording(Pipeline):
+        def postprocess(self, logits, k=5):
+            seen.append(logits)
+            return super().postprocess(logits, k)
+
+    pipe = Recording((1, 3, 64, 64), (120, 160))
+    parts = io_bound_pipeline(ort, sess, pipe, "cpu")()
+    assert set(parts) == {"preprocess", "transfer", "model", "postprocess"} and parts["model"] > 0
+    expected = sess.run(None, {sess.get_inputs()[0].name: pipe.preprocess()})[0]
+    np.testing.assert_allclose(seen[0], expected, rtol=1e-5, atol=1e-5)

@@ -159,7 +159,7 @@ class OnnxRuntimeTarget:
         shape = [d if isinstance(d, int) and d > 0 else self.cfg.input_shape[i] for i, d in enumerate(inp.shape)]
         pipe = Pipeline(tuple(shape), tuple(self.cfg.source_size), dtype=_ORT_DTYPES.get(inp.type, np.float32))
         if self.accelerator is not None:
-            return self._device_pipeline(sess, pipe)
+            return io_bound_pipeline(self._ort, sess, pipe, "cuda")
 
         def pipeline() -> dict[str, float]:
             t0 = time.perf_counter_ns()
@@ -175,33 +175,32 @@ class OnnxRuntimeTarget:
 
         return pipeline
 
-    def _device_pipeline(self, sess: Any, pipe: Any) -> Any:
-        """The pipeline on a GPU, with the copies to and from device memory timed apart from the model (I/O binding)."""
-        ort = self._ort
-        name = sess.get_inputs()[0].name
-        outputs = [o.name for o in sess.get_outputs()]
+def io_bound_pipeline(ort: Any, sess: Any, pipe: Any, device: str) -> Any:
+    """A pipeline step whose copies to and from ``device`` memory are timed apart from the model (I/O binding)."""
+    name = sess.get_inputs()[0].name
+    outputs = [o.name for o in sess.get_outputs()]
 
-        def pipeline() -> dict[str, float]:
-            t0 = time.perf_counter_ns()
-            x = pipe.preprocess()
-            t1 = time.perf_counter_ns()
-            x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)  # host -> device, returns when copied
-            t2 = time.perf_counter_ns()
-            binding = sess.io_binding()
-            binding.bind_ortvalue_input(name, x_dev)
-            for o in outputs:
-                binding.bind_output(o, "cuda", 0)  # outputs stay on the device until copied below
-            sess.run_with_iobinding(binding)
-            binding.synchronize_outputs()
-            t3 = time.perf_counter_ns()
-            logits = binding.copy_outputs_to_cpu()[0]  # device -> host
-            t4 = time.perf_counter_ns()
-            pipe.postprocess(logits)
-            t5 = time.perf_counter_ns()
-            return {"preprocess": (t1 - t0) / 1e6, "transfer": (t2 - t1 + t4 - t3) / 1e6, "model": (t3 - t2) / 1e6,
-                    "postprocess": (t5 - t4) / 1e6}
+    def pipeline() -> dict[str, float]:
+        t0 = time.perf_counter_ns()
+        x = pipe.preprocess()
+        t1 = time.perf_counter_ns()
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, device, 0)  # host -> device, returns when copied
+        t2 = time.perf_counter_ns()
+        binding = sess.io_binding()
+        binding.bind_ortvalue_input(name, x_dev)
+        for o in outputs:
+            binding.bind_output(o, device, 0)  # outputs stay on the device until copied below
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        t3 = time.perf_counter_ns()
+        logits = binding.copy_outputs_to_cpu()[0]  # device -> host
+        t4 = time.perf_counter_ns()
+        pipe.postprocess(logits)
+        t5 = time.perf_counter_ns()
+        return {"preprocess": (t1 - t0) / 1e6, "transfer": (t2 - t1 + t4 - t3) / 1e6, "model": (t3 - t2) / 1e6,
+                "postprocess": (t5 - t4) / 1e6}
 
-        return pipeline
+    return pipeline
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
