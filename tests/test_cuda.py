@@ -3,6 +3,7 @@
 import onnxruntime as ort
 import pytest
 
+from nas.agent.server import gpu_status
 from nas.config import TargetConfig
 from nas.errors import TargetError
 from nas.targets.gpu import clash, load_failure, unloaded_gpu_providers
@@ -42,6 +43,7 @@ def test_gpu_build_that_cannot_load_its_provider_says_why_in_one_line(tmp_path):
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "could not load ['CUDAExecutionProvider']" in lines[0], res.stderr[-2000:]
+    assert "could not load" in gpu_status()["error"]  # what `nas agent` prints and serves in /info
 
 
 def test_a_gpu_provider_that_did_not_register_is_caught():
@@ -86,6 +88,7 @@ def test_cuda_target_measures_on_the_gpu(tmp_path):
     assert out["fingerprint"]["providers"][0] == "CUDAExecutionProvider"  # registered, not merely requested
     assert out["fingerprint"]["accelerator"] != "unknown NVIDIA GPU"  # the GPU is part of the set-up
     assert out["latency_ms"]["p50"] > 0
+    assert gpu_status() == {"accelerator": out["fingerprint"]["accelerator"]}  # `nas agent` and /info
 
     fp16 = run_nas("measure", "arch=mobilenetv3_large_100", "target=cuda", "target.precision=fp16",
                    f"workdir={tmp_path}", "format=json")

@@ -1,13 +1,14 @@
 """`nas agent`: serve latency measurements of uploaded ONNX models over HTTP, one at a time.
 
 POST /measure  body: the ONNX file; query: threads, warmup, repeats, rounds, round_pause_s, providers
-GET  /info     the device's fingerprint and runtimes
+GET  /info     the device's fingerprint and runtimes; whether its GPU works (`gpu`)
 Measurements are serialised by one lock, so concurrent clients queue instead of disturbing each other's timings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import tempfile
 import threading
@@ -31,6 +32,20 @@ LIMITS = {"threads": (1, 256), "warmup": (0, 1000), "repeats": (5, 10000), "roun
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+@functools.cache
+def gpu_status() -> dict[str, str] | None:
+    """Whether this device's ONNX Runtime can run on its GPU (None for a CPU-only build), probed once."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return None
+    try:
+        cuda = OnnxRuntimeTarget(TargetConfig(name="cuda", providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    except TargetError as e:  # the GPU build without a usable GPU: say why, as target=cuda would
+        return {"error": str(e)}
+    return {"accelerator": cuda.accelerator or "unknown NVIDIA GPU"}
 
 
 class Agent:
@@ -62,7 +77,7 @@ class Agent:
         return JSONResponse({"device": base["device"], "machine": base["machine"], "runtime": base["runtime"],
                              "litert": f"ai-edge-litert {litert}" if litert != "missing" else "LiteRT missing",
                              "formats": ["onnx"] + (["tflite"] if litert != "missing" else []),
-                             "providers": ort.get_available_providers(), "queue": self.waiting,
+                             "providers": ort.get_available_providers(), "gpu": gpu_status(), "queue": self.waiting,
                              "measured": self.measured, "max_upload_bytes": self._max_bytes()})
 
     def _max_bytes(self) -> int:
@@ -177,5 +192,7 @@ def serve(cfg: AgentConfig, say: Any = print) -> None:
 
     say(f"nas agent on http://{cfg.host}:{cfg.port} ({'token required' if cfg.token else 'no token: loopback only'}"
         f", uploads up to {cfg.max_upload_mb:g} MB); Ctrl-C stops")
+    if (gpu := gpu_status()) is not None:
+        say(f"GPU: {gpu['accelerator']}" if "accelerator" in gpu else f"GPU unusable: {gpu['error']}")
     uvicorn.run(make_app(cfg), host=cfg.host, port=cfg.port, log_level="warning",
                 timeout_keep_alive=int(cfg.request_timeout_s))
