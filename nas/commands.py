@@ -130,6 +130,8 @@ def measure(cfg: MeasureConfig) -> int:
     else:
         say(f"{label} on {cfg.target.name}: p50 {stats.p50:.3f} ms  p90 {stats.p90:.3f}  p99 {stats.p99:.3f}  "
             f"mean {stats.mean:.3f} ± {stats.std:.3f} (cv {stats.cv:.1%}, n={stats.n}){size}")
+        if stats.split_ms:  # pipeline scope: where the time goes (medians of each part)
+            say("  split (median ms): " + "  ".join(f"{k} {v:.3f}" for k, v in stats.split_ms.items()))
         if "conversion" in details:
             c = details["conversion"]
             say(f"  TFLite {c['precision']} vs float model: top-1 agreement {c['top1_agreement']:.0%}, "
