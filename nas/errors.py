@@ -1,6 +1,12 @@
 """Errors a user can cause: each ends the command with one clear line and a non-zero exit."""
 
 
+def first_line(e: BaseException) -> str:
+    """A library exception's first line (runtimes put pages of context below it), or its type when it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class NasError(Exception):
     """Base class: the message is the whole story (what was wrong, what to do)."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import onnx
 
+from nas.errors import first_line
+
 # Operator domains ONNX Runtime implements itself; anything else needs a custom-op library, which is refused.
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 
@@ -23,7 +25,7 @@ def validate_onnx(data: bytes) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise ModelRejected(f"invalid ONNX model: {str(e).splitlines()[0]}") from None
+        raise ModelRejected(f"invalid ONNX model: {first_line(e)}") from None
     domains = {n.domain for n in model.graph.node} | {o.domain for o in model.opset_import}
     custom = sorted(d for d in domains if d not in ALLOWED_DOMAINS)
     if custom:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from nas.config import TargetConfig
-from nas.errors import TargetError
+from nas.errors import TargetError, first_line
 from nas.targets.base import LatencyStats
 from nas.targets.ort import cpu_model
 from nas.targets.timing import run_rounds
@@ -82,8 +82,7 @@ class LiteRtTarget:
         try:
             return interpreter(model_path, self.cfg.threads, delegates)
         except (ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TargetError(f"LiteRT cannot load {model_path}: {first}") from None
+            raise TargetError(f"LiteRT cannot load {model_path}: {first_line(e)}") from None
 
     def measure(self, model_path: Path) -> LatencyStats:
         t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from nas.config import TargetConfig
-from nas.errors import TargetError
+from nas.errors import TargetError, first_line
 from nas.targets.base import LatencyStats
 from nas.targets.gpu import (
     GPU_INSTALL,
@@ -128,8 +128,7 @@ class OnnxRuntimeTarget:
             return self._ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                               providers=list(self.cfg.providers))
         except Exception as e:  # ORT raises its own exception types for corrupt or unsupported models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TargetError(f"ONNX Runtime cannot load {what or model}: {first}") from None
+            raise TargetError(f"ONNX Runtime cannot load {what or model}: {first_line(e)}") from None
 
     def measure(self, model_path: Path) -> LatencyStats:
         t0 = time.perf_counter()
