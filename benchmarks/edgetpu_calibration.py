@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from nas.predictors import edgetpu as et
 from scipy.optimize import nnls
 from scipy.stats import spearmanr
+
+from nas.predictors import edgetpu as et
 
 
 def log(msg: str) -> None:

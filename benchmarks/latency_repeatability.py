@@ -13,11 +13,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from nas.search_spaces.references import reference_archs
-
 from nas.build import build_model
 from nas.config import TargetConfig
 from nas.onnx_export import export_onnx
+from nas.search_spaces.references import reference_archs
 from nas.targets.factory import make_target
 
 

@@ -43,6 +43,11 @@ def _run(command: str, cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print(f"nas {command}: interrupted", file=sys.stderr)
         code = 130
+    except Exception as e:
+        if (store := store_failure(e)) is None:
+            raise  # a bug: the traceback is what a maintainer needs
+        print(f"nas {command}: error: {store}", file=sys.stderr)
+        code = 1
     if code:
         sys.exit(code)
 
@@ -97,6 +102,24 @@ def validate_overrides(command: str, overrides: list[str]) -> str | None:
         return _one_line(e)
     finally:
         GlobalHydra.instance().clear()
+    return None
+
+
+def store_failure(e: BaseException) -> str | None:
+    """One line for a store that failed under a command (a damaged or locked SQLite file, a lost database server),
+    or None when ``e`` is not a store's failure."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    from nas.errors import first_line
+
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, sqlite3.DatabaseError | DBAPIError):
+            return (f"a store failed: {first_line(seen)}; check the workdir's optuna.db, mlflow.db and "
+                    "measurements.db (restore a damaged one from a backup, or set workdir= to another folder)")
+        seen = seen.__cause__ or seen.__context__
     return None
 
 

@@ -11,13 +11,14 @@ import optuna
 
 from nas.arch import Arch
 from nas.config import AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig
-from nas.errors import ConfigError, NasError, StudyNotFound, TargetError
+from nas.errors import ConfigError, NasError, StudyNotFound, TargetError, first_line
 from nas.latency import measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import graph_stats
 from nas.records import TrialRecord, pareto_front, record_of
 from nas.search import export_best, open_storage, run_search, study_prefix
 from nas.search_spaces.references import reference_archs
+from nas.stores import check_stores
 from nas.targets.factory import make_target
 from nas.tracking import Tracker, tracking_uri
 
@@ -50,6 +51,7 @@ def export(cfg: SearchConfig) -> int:
     workdir = _wd(cfg)
     if not (workdir / "optuna.db").exists():
         raise StudyNotFound(f"no study in workdir={workdir}: run `nas search` there first")
+    check_stores(workdir)
     storage = open_storage(workdir)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     wanted = [cfg.study.name] if cfg.study.name else [n for n in names if n.startswith(study_prefix(cfg) + "-")]
@@ -87,6 +89,8 @@ def measure(cfg: MeasureConfig) -> int:
     details: dict[str, Any] = {}
     if cfg.model is not None:
         path = Path(cfg.model).expanduser()
+        if path.is_dir():
+            raise TargetError(f"model={cfg.model} is a directory: give the model file (.onnx or .tflite) inside it")
         if not path.is_file():
             raise TargetError(f"model={cfg.model}: no such file")
         if path.suffix == ".tflite":
@@ -110,6 +114,7 @@ def measure(cfg: MeasureConfig) -> int:
     else:
         arch = _load_arch(cfg.arch)
         workdir = Path(cfg.workdir).expanduser().resolve()
+        check_stores(workdir, ("measurements.db",))
         with scratch_dir(workdir) as scratch:
             lat = measure_arch(arch, target, cfg.target, MeasurementCache(workdir / "measurements.db"),
                                scratch / "model.onnx", cfg.num_classes)
@@ -178,9 +183,11 @@ def _load_arch(spec: str) -> Arch:
         raise ConfigError(f"arch={spec} is neither a reference ({', '.join(refs)}) nor an arch.json file")
     try:
         doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object (an Arch, or a bundle's arch.json), found a {type(doc).__name__}")
         return Arch.from_dict(doc.get("arch", doc))
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"arch={spec} is not a valid arch.json: {e}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"arch={spec} is not a valid arch.json: {first_line(e)}") from None
 
 
 def _wd(cfg: SearchConfig) -> Path:

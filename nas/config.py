@@ -151,7 +151,10 @@ class SearchSpaceConfig:
 class DatasetConfig:
     name: str = "digits"
     path: str | None = None
-    resolution: int = 32  # accuracy is measured at this resolution; latency at the target's
+    # A candidate trains at round(its deployment resolution x proxy_scale), at least min_resolution pixels:
+    # the searched resolution reaches accuracy, while latency is measured at the deployment resolution itself.
+    proxy_scale: float = 0.143
+    min_resolution: int = 16
     val_fraction: float = 0.2
     seed: int = 0
     max_images: int | None = None
@@ -159,7 +162,8 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         _require(self.name in ("digits", "imagefolder"), f"dataset={self.name}: use digits or imagefolder")
         _require(0.0 < self.val_fraction < 1.0, f"dataset.val_fraction={self.val_fraction} must be in (0, 1)")
-        _require(self.resolution >= 8, f"dataset.resolution={self.resolution} must be >= 8")
+        _require(0.0 < self.proxy_scale <= 4.0, f"dataset.proxy_scale={self.proxy_scale} must be in (0, 4]")
+        _require(self.min_resolution >= 8, f"dataset.min_resolution={self.min_resolution} must be >= 8")
 
 
 @dataclass
@@ -264,7 +268,8 @@ class AgentConfig:
     token: str | None = None  # required to bind anything but loopback
     max_upload_mb: float = 64.0
     request_timeout_s: float = 60.0  # to receive an upload
-    measure_timeout_s: float = 600.0  # to answer a measurement, queue included
+    measure_timeout_s: float = 600.0  # to answer a measurement, queue included; an overrun one is killed
+    max_queue: int = 4  # requests that may wait behind the running measurement; more are answered 429
 
     def __post_init__(self) -> None:
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
@@ -273,6 +278,8 @@ class AgentConfig:
                  "target.token)")
         _require(0 < self.port < 65536, f"port={self.port} must be in 1..65535")
         _require(self.max_upload_mb > 0, f"max_upload_mb={self.max_upload_mb} must be > 0")
+        _require(self.max_queue >= 0, f"max_queue={self.max_queue} must be >= 0")
+        _require(self.measure_timeout_s > 0, f"measure_timeout_s={self.measure_timeout_s} must be > 0")
 
 
 def register_configs() -> None:

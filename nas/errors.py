@@ -35,3 +35,7 @@ class StudyNotFound(NasError):
 
 class CandidateFailed(Exception):
     """One candidate could not be built, exported, measured or trained; the study goes on."""
+
+
+class StoreError(NasError):
+    """A store in the workdir (Optuna, MLflow, the measurement cache) is damaged or cannot be opened."""

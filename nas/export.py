@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -44,9 +46,14 @@ def choose(records: list[TrialRecord], budget_ms: float, statistic: str) -> Tria
             "budget or narrow the space to smaller models")
     if quick is None:
         raise NoFeasibleTrial(f"no completed trial to export yet for budget {budget_ms:g} ms: run `nas search` first")
+    over = sorted(r.latency_ms - budget_ms for r in records if r.state == "complete")
+    suggest = math.ceil(quick.latency_ms * 1.05 * 10) / 10  # 5% above the front's start: noise headroom
     raise NoFeasibleTrial(
-        f"no trial meets budget_ms={budget_ms:g} ({statistic}); the fastest is trial {quick.number} "
-        f"({quick.label}) at {quick.latency_ms:.2f} ms: raise the budget or narrow the space to smaller models")
+        f"no trial meets budget_ms={budget_ms:g} ({statistic}): all {len(over)} completed trial(s) were over it by "
+        f"{over[0]:.2f}-{over[-1]:.2f} ms (median {statistics.median(over):.2f})"
+        + (f", {len(skipped)} more predicted over it" if skipped else "")
+        + f"; the fastest is trial {quick.number} ({quick.label}) at {quick.latency_ms:.2f} ms, where this study's "
+        f"Pareto front starts: try budget_ms={suggest:g}, or a space of smaller models")
 
 
 def timm_snippet(record: TrialRecord, num_classes: int) -> str:
@@ -145,7 +152,8 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "latency_ms": r.latency.to_dict() if r.latency else {stat: r.latency_ms},
         "meets_budget": r.latency_ms <= cfg.budget_ms,
         "accuracy_top1": r.accuracy,
-        "accuracy_dataset": f"{cfg.dataset.name} at {cfg.dataset.resolution}px, "
+        "train_resolution": r.attrs.get("train_resolution"),
+        "accuracy_dataset": f"{cfg.dataset.name} at {r.attrs.get('train_resolution', '?')}px, "
                             f"{cfg.study.epochs}-epoch proxy training (rank signal, not a final accuracy)"
                             + ("; top-1 of the int8 model as deployed" if cfg.target.precision == "int8" else ""),
         "params": r.params,

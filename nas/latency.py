@@ -19,6 +19,7 @@ from nas.config import TargetConfig
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import GraphStats, export_onnx, graph_stats
 from nas.targets.base import LatencyStats, Target
+from nas.workers import scratch_prefix
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def scratch_dir(workdir: Path) -> Iterator[Path]:
     Private because several search workers may share one workdir.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=".scratch-", dir=workdir))
+    path = Path(tempfile.mkdtemp(prefix=scratch_prefix(), dir=workdir))  # names its process: see nas.workers
     try:
         yield path
     finally:

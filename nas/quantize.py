@@ -43,6 +43,10 @@ def calibration_batches(shape: tuple[int, ...], data: TensorSplits | None, n_bat
 
 def quantize_int8(fp32_path: Path, out_path: Path, batches: list[np.ndarray]) -> Path:
     """Static int8 quantization of an ONNX model; written atomically."""
+    import onnxruntime as ort
+
+    # Calibration sessions warn once per folded initializer (CleanUnusedInitializers): dozens of lines per trial.
+    ort.set_default_logger_severity(3)
     name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     tmp = out_path.with_name(out_path.name + ".tmp.onnx")
     quantize_static(str(fp32_path), str(tmp), _Batches(name, batches), quant_format=QuantFormat.QDQ,

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from nas.accuracy.datasets import TensorSplits, load_dataset
+from nas.accuracy.datasets import ImageData, load_dataset, train_resolution
 from nas.accuracy.train import TrainingDiverged, evaluate_accuracy
 from nas.arch import Arch
 from nas.config import SearchConfig
@@ -26,9 +26,11 @@ from nas.predictor_gate import PredictorGate
 from nas.predictors.base import predictor_path
 from nas.records import TrialRecord, best_under_budget, pareto_front, record_of
 from nas.search_spaces.factorized import FactorizedSpace, make_space
+from nas.stores import check_stores, workdir_lock
 from nas.targets.base import Target
 from nas.targets.factory import make_target
 from nas.tracking import Tracker
+from nas.workers import WORKER_DIED, reap_dead_trials, remove_dead_scratch, this_worker
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it once
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -47,9 +49,12 @@ def storage_url(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'optuna.db').resolve()}"
 
 
-def open_storage(workdir: Path) -> optuna.storages.RDBStorage:
-    # The heartbeat lets a resumed run mark trials of a killed process as failed instead of leaving them running.
-    return optuna.storages.RDBStorage(storage_url(workdir), heartbeat_interval=30, grace_period=90)
+def open_storage(workdir: Path, on_stale: Any = None) -> optuna.storages.RDBStorage:
+    """The workdir's Optuna storage. The heartbeat fails trials of workers that stopped beating (a dead machine);
+    ``on_stale(study, trial)`` then closes their MLflow runs."""
+    with workdir_lock(workdir):  # schema creation must not race another process's
+        return optuna.storages.RDBStorage(storage_url(workdir), heartbeat_interval=30, grace_period=90,
+                                          heartbeat_stale_trial_callback=on_stale)
 
 
 def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -74,7 +79,7 @@ class SearchSummary:
 class _Context:
     """What every trial of one run shares: built once, read by the objective."""
 
-    def __init__(self, cfg: SearchConfig, workdir: Path, target: Target, data: TensorSplits,
+    def __init__(self, cfg: SearchConfig, workdir: Path, target: Target, data: ImageData,
                  space: FactorizedSpace, tracker: Tracker, parent_id: str, name: str) -> None:
         self.cfg, self.workdir, self.target, self.data = cfg, workdir, target, data
         self.space, self.tracker, self.parent_id, self.name = space, tracker, parent_id, name
@@ -88,25 +93,38 @@ class _Context:
 def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     workdir = Path(cfg.workdir).expanduser().resolve()
     # Everything that can fail on bad input fails before anything is written.
-    data = load_dataset(cfg.dataset.name, cfg.dataset.resolution, cfg.dataset.val_fraction, cfg.dataset.seed,
-                        cfg.dataset.path, cfg.dataset.max_images)
+    data = load_dataset(cfg.dataset.name, cfg.dataset.val_fraction, cfg.dataset.seed, cfg.dataset.path,
+                        cfg.dataset.max_images, max(train_res(cfg, r) for r in cfg.search_space.resolution))
     target = make_target(cfg.target)
     space = make_space(cfg.search_space)
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_stores(workdir)  # a damaged store is one line, before anything is written
     name = study_name(cfg)
-    study = optuna.create_study(study_name=name, storage=open_storage(workdir), sampler=make_sampler(cfg),
-                                directions=["maximize", "minimize"], load_if_exists=True)
+    tracker = Tracker(workdir, cfg.study.experiment)
+
+    def close_stale_run(_study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        reason: str = f"{WORKER_DIED} (no heartbeat)") -> None:
+        if run_id := trial.user_attrs.get("mlflow_run_id"):
+            tracker.fail_run(run_id, reason)
+
+    with workdir_lock(workdir):
+        study = optuna.create_study(study_name=name, storage=open_storage(workdir, close_stale_run),
+                                    sampler=make_sampler(cfg), directions=["maximize", "minimize"],
+                                    load_if_exists=True)
+        reaped = reap_dead_trials(study, lambda t: close_stale_run(study, t, WORKER_DIED))
+        remove_dead_scratch(workdir)
+        enqueued = _enqueue_references(study, space) if cfg.search_space.enqueue_references else []
+        parent_id = tracker.study_run(name, {
+            "target": cfg.target.name, "search_space": cfg.search_space.name, "dataset": cfg.dataset.name,
+            "budget_ms": f"{cfg.budget_ms:g}", "statistic": cfg.target.statistic})
     predicted = bool(getattr(target, "predicted", False))
     study.set_metric_names(["accuracy", f"{'predicted_' if predicted else ''}latency_{cfg.target.statistic}_ms"])
     # What `nas export` needs later without loading the dataset or the target again.
     study.set_user_attr("num_classes", data.num_classes)
     study.set_user_attr("fingerprint", target.fingerprint())
     before = len(study.trials)
-    tracker = Tracker(workdir, cfg.study.experiment)
-    parent_id = tracker.study_run(name, {
-        "target": cfg.target.name, "search_space": cfg.search_space.name, "dataset": cfg.dataset.name,
-        "budget_ms": f"{cfg.budget_ms:g}", "statistic": cfg.target.statistic})
+    if reaped:
+        log(f"trial(s) {', '.join(map(str, reaped))} of a process that died were marked failed ({WORKER_DIED})")
     tracker.log(parent_id, tags={"fingerprint": json.dumps(target.fingerprint(), sort_keys=True),
                                  "latency_source": "predicted" if predicted else "measured"})
     if (warning := getattr(target, "warning", lambda: None)()) is not None:
@@ -115,7 +133,6 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     for r in (record_of(name, t) for t in study.trials):
         _remember_history(ctx, r.attrs.get("history"))
 
-    enqueued = _enqueue_references(study, space) if cfg.search_space.enqueue_references else []
     if cfg.predictor.enabled and not predicted:
         log(f"latency predictor: {ctx.gate.source}" + ("" if ctx.gate.predictor or ctx.gate.prior else
             f" (fitted online after {cfg.predictor.min_fit} measurements on this set-up)"))
@@ -148,30 +165,48 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     return SearchSummary(name, records, export, export_error, parent_id, interrupted)
 
 
+def train_res(cfg: SearchConfig, deploy_resolution: int) -> int:
+    return train_resolution(deploy_resolution, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
+
+
 def _enqueue_references(study: optuna.Study, space: FactorizedSpace) -> list[str]:
+    """Enqueue each reference the space contains, unless the study has it done, queued, running, or failed for a
+    reason of its own; a reference whose run was interrupted or whose worker died is run again."""
     names = []
     for ref_name, arch in space.references().items():
         params = space.params_of(arch)
         if params is None:
             continue
-        if any(t.user_attrs.get("reference") == ref_name for t in study.trials):
-            continue  # a resumed study has it already
-        study.enqueue_trial(params, user_attrs={"reference": ref_name}, skip_if_exists=True)
+        if any(t.user_attrs.get("reference") == ref_name and not _retry(t) for t in study.trials):
+            continue
+        study.enqueue_trial(params, user_attrs={"reference": ref_name})
         names.append(ref_name)
     return names
+
+
+def _retry(t: optuna.trial.FrozenTrial) -> bool:
+    """A failed trial that says nothing about its candidate: it was interrupted or its worker died."""
+    reason = t.user_attrs.get("fail_reason")
+    return t.state == optuna.trial.TrialState.FAIL and (reason is None or reason == "interrupted"
+                                                        or reason.startswith(WORKER_DIED))
 
 
 def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
     cfg = ctx.cfg
     times: dict[str, float] = {}
     t0 = time.perf_counter()
+    trial.set_user_attr("worker", this_worker())  # lets a later run tell that this process died
     arch = ctx.space.sample(trial)
     ref = trial.user_attrs.get("reference")
     times["sample"] = time.perf_counter() - t0
     trial.set_user_attr("arch", arch.to_dict())
     trial.set_user_attr("arch_hash", arch.hash)
+    res = train_res(cfg, arch.resolution)
+    trial.set_user_attr("train_resolution", res)
+    data = ctx.data.at(res)
     t0 = time.perf_counter()
-    run_id = ctx.tracker.trial_run(ctx.parent_id, ctx.name, trial.number, _arch_params(arch, ref))
+    run_id = ctx.tracker.trial_run(ctx.parent_id, ctx.name, trial.number,
+                                   {**_arch_params(arch, ref), "train_resolution": res})
     ctx.tracker.log_text(run_id, arch.to_json(), "arch.json")
     trial.set_user_attr("mlflow_run_id", run_id)
     times["log"] = time.perf_counter() - t0
@@ -184,10 +219,11 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             trial.set_user_attr("predicted_std_ms", pred.std_ms)
         if pred is not None and pred.skip:
             status = "FINISHED"
+            trial.set_constraint("latency", pred.mean_ms - cfg.budget_ms)  # samplers steer away from it
             raise _skip(ctx, run_id, "predicted_latency_ms", pred.mean_ms, pred.std_ms)
         try:
             lat = measure_arch(arch, ctx.target, cfg.target, ctx.cache, ctx.scratch / "candidate.onnx",
-                               ctx.data.num_classes, ctx.data)
+                               ctx.data.num_classes, data)
         except Exception as e:  # export errors, ORT errors: this candidate fails, the study goes on
             raise _fail(trial, ctx, run_id, "latency", e) from e
         times.update(lat.timings)
@@ -201,6 +237,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             if cfg.predictor.enabled and ref is None and latency_ms - cfg.predictor.z * lat.stats.std > cfg.budget_ms:
                 # The latency model is the only figure there is: training a surely-too-slow candidate is waste.
                 trial.set_user_attr("latency", lat.stats.to_dict())
+                trial.set_constraint("latency", latency_ms - cfg.budget_ms)
                 status = "FINISHED"
                 raise _skip(ctx, run_id, f"predicted_latency_{stat}_ms", latency_ms, lat.stats.std)
         else:
@@ -216,7 +253,7 @@ def _objective(trial: optuna.Trial, ctx: _Context) -> tuple[float, float]:
             return _cut_off(ctx, epoch, acc)
 
         try:
-            acc = evaluate_accuracy(arch, ctx.data, cfg.study.epochs, cfg.study.batch_size, cfg.study.lr,
+            acc = evaluate_accuracy(arch, data, cfg.study.epochs, cfg.study.batch_size, cfg.study.lr,
                                     cfg.study.seed, cfg.study.train_threads or os.cpu_count() or 1, on_epoch,
                                     cfg.target.precision,
                                     "litert" if cfg.target.deploy_format == "tflite" else "onnxruntime")

@@ -14,6 +14,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from nas.stores import workdir_lock  # noqa: E402
+
 STUDY_TAG = "nas.study"
 
 
@@ -25,22 +27,31 @@ class Tracker:
     """A thin, explicit wrapper over ``MlflowClient`` (no global active-run state)."""
 
     def __init__(self, workdir: Path, experiment: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri(workdir)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            artifacts = (workdir / "mlartifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
-        else:
-            self.experiment_id = exp.experiment_id
+        # Schema creation and migration (tracking and registry stores) must not run in two processes at once.
+        with workdir_lock(workdir):
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                artifacts = (workdir / "mlartifacts").resolve().as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+            else:
+                self.experiment_id = exp.experiment_id
+            self.client.search_registered_models(max_results=1)
+
+    def find_study_run(self, study_name: str) -> str | None:
+        """The study's parent run, if one exists. Trial runs carry the study tag too: only a run named after the
+        study and without a parent qualifies."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=50, order_by=["attributes.start_time ASC"],
+            filter_string=f"tags.`{STUDY_TAG}` = '{study_name}' AND attributes.run_name = '{study_name}'")
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        return parents[0].info.run_id if parents else None
 
     def study_run(self, study_name: str, tags: dict[str, str]) -> str:
         """The study's parent run: reused when the study is resumed."""
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study_name}'",
-                                       max_results=1)
-        if runs:
-            run_id = runs[0].info.run_id
+        run_id = self.find_study_run(study_name)
+        if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=study_name, tags={STUDY_TAG: study_name, **tags})
@@ -75,6 +86,12 @@ class Tracker:
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Close a trial run whose worker is gone, saying so; a run already closed is left as it is."""
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.log(run_id, tags={"state": "failed", "fail_reason": reason, "feasible": "false", "pareto": "false"})
+            self.end(run_id, "FAILED")
 
     def register(self, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
         """Register the logged bundle as a new version of model ``name``; returns the version."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from nas.predictors.features import FEATURE_NAMES, features_matrix
 from scipy.optimize import nnls
 
 from nas.arch import Arch
+from nas.predictors.features import FEATURE_NAMES, features_matrix
 
 # With few measurements (an online fit early in a search) the per-kernel split cannot be identified; a compact
 # set (work, memory traffic, layer count) can.

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from nas.predictors.features import BlockFeatures, block_features
 from scipy.optimize import nnls
 
 from nas.arch import Arch
+from nas.predictors.features import BlockFeatures, block_features
 
 # (arch, the table keys it needs) -> {key: latency ms}, measured in isolation on the target.
 EntryMeasure = Callable[[Arch, list[str]], dict[str, float]]

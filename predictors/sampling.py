@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from nas.predictors.features import arch_features
-from nas.search_spaces.factorized import FactorizedSpace
 
 from nas.arch import Arch
+from nas.predictors.features import arch_features
+from nas.search_spaces.factorized import FactorizedSpace
 
 _MACS = -1  # index of total MACs in the feature vector
 

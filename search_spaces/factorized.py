@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nas.search_spaces.references import reference_archs
-
 from nas.arch import Arch, Block
 from nas.config import SearchSpaceConfig
 from nas.errors import ConfigError
+from nas.search_spaces.references import reference_archs
 
 
 class Suggester(Protocol):
@@ -82,9 +81,14 @@ class FactorizedSpace:
             act=act, width=pick("width", self.widths), resolution=pick("resolution", self.resolutions),
         ).canonical()
 
+    def extremes(self) -> tuple[Arch, Arch]:
+        """The space's smallest and largest networks: every choice at its minimum, then at its maximum."""
+        return self.sample(_Extreme(min)), self.sample(_Extreme(max))
+
     # -- references -------------------------------------------------------------------------------------------
     def references(self) -> dict[str, Arch]:
-        return reference_archs(resolution=self.resolutions[0])
+        """timm's networks at their native width (1.0) and resolution (224 px, or the space's nearest)."""
+        return reference_archs(resolution=min(self.resolutions, key=lambda r: (abs(r - 224), -r)))
 
     def params_of(self, arch: Arch) -> dict[str, Any] | None:
         """The Optuna params that make ``sample`` return ``arch``, or None when the space cannot express it."""
@@ -126,6 +130,16 @@ class _Fixed:
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         return self.params[name]
+
+
+class _Extreme:
+    def __init__(self, pick: Any) -> None:
+        self.pick = pick
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        if name.endswith("act") or name == "act":
+            return choices[0]  # activations have no order; the first is the space's default
+        return self.pick(choices)
 
 
 def make_space(cfg: SearchSpaceConfig) -> FactorizedSpace:

@@ -13,7 +13,7 @@ import pytest
 # Small but real: 64 px deployment shape, 16 px digits, one epoch, a few timed runs.
 FAST = [
     "search_space.resolution=[64]", "target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10",
-    "target.rounds=2", "target.round_pause_s=0", "dataset.resolution=16", "study.epochs=1",
+    "target.rounds=2", "target.round_pause_s=0", "dataset.proxy_scale=0.25", "study.epochs=1",
 ]
 
 

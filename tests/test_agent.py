@@ -10,11 +10,11 @@ import onnx
 import optuna
 import pytest
 import requests
-from nas.search_spaces.references import reference_archs
 from onnx import TensorProto, helper
 
 from nas.build import build_model
 from nas.onnx_export import export_onnx
+from nas.search_spaces.references import reference_archs
 from tests.conftest import FAST, nas_bin, run_nas
 
 TOKEN = "s3cret-token"

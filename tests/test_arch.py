@@ -2,10 +2,10 @@ import json
 
 import pytest
 import timm
-from nas.search_spaces.references import REFERENCE_DEFS, _parse, reference_archs
 
 from nas.arch import Arch, Block
 from nas.build import build_model, count_params
+from nas.search_spaces.references import REFERENCE_DEFS, _parse, reference_archs
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_DEFS))

@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
-from nas.predictors import edgetpu as et
 from torch import nn
+
+from nas.predictors import edgetpu as et
 
 
 def _export(model: nn.Module, shape: tuple[int, ...], path) -> str:

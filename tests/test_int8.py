@@ -5,17 +5,17 @@ import onnx
 import onnxruntime as ort
 import optuna
 from mlflow.tracking import MlflowClient
-from nas.search_spaces.references import reference_archs
 
 from nas.accuracy.datasets import load_dataset
 from nas.build import build_model
 from nas.onnx_export import export_onnx
 from nas.quantize import calibration_batches, quantize_int8
+from nas.search_spaces.references import reference_archs
 from tests.conftest import FAST, last_json, run_nas
 
 
 def test_static_quantization_gives_a_qdq_model_that_agrees_with_fp32(tmp_path):
-    data = load_dataset("digits", 32, 0.2, 0)
+    data = load_dataset("digits", 0.2, 0).at(32)
     model = build_model(reference_archs()["mobilenetv2_100"], 10)
     fp32 = export_onnx(model, (1, 3, 32, 32), tmp_path / "fp32.onnx")
     q = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_batches((1, 3, 32, 32), data, 16))

@@ -53,7 +53,7 @@ def _write_images(root, n_per_class=10, size=20):
 
 def test_imagefolder_loads_resized_rgb_stratified(tmp_path):
     _write_images(tmp_path / "imgs")
-    data = load_dataset("imagefolder", 24, 0.2, 0, str(tmp_path / "imgs"))
+    data = load_dataset("imagefolder", 0.2, 0, str(tmp_path / "imgs"), resolution=24).at(24)
     assert data.num_classes == 2
     assert tuple(data.x_train.shape[1:]) == (3, 24, 24)
     assert len(data.y_train) == 16 and len(data.y_val) == 4
@@ -64,13 +64,13 @@ def test_imagefolder_with_one_class_is_refused(tmp_path):
     (tmp_path / "only").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "only" / "a.png")
     with pytest.raises(DatasetError, match="class folder"):
-        load_dataset("imagefolder", 16, 0.2, 0, str(tmp_path))
+        load_dataset("imagefolder", 0.2, 0, str(tmp_path), resolution=16)
 
 
 def test_search_on_an_imagefolder(tmp_path):
     _write_images(tmp_path / "imgs")
     wd = tmp_path / "wd"
-    res = run_nas("search", "dataset=imagefolder", f"dataset.path={tmp_path / 'imgs'}", "dataset.resolution=16",
+    res = run_nas("search", "dataset=imagefolder", f"dataset.path={tmp_path / 'imgs'}", "dataset.proxy_scale=0.25",
                   f"workdir={wd}", "study.n_trials=1", "search_space.enqueue_references=false", "budget_ms=1000",
                   *[o for o in FAST if not o.startswith("dataset.")])
     assert res.returncode == 0, res.stderr[-2000:]

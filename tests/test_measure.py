@@ -1,12 +1,11 @@
 """`nas measure` and the ONNX Runtime target, with real sessions."""
 
 
-from nas.search_spaces.references import reference_archs
-
 from nas.build import build_model
 from nas.config import TargetConfig
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import export_onnx, graph_stats
+from nas.search_spaces.references import reference_archs
 from nas.targets.factory import make_target
 from tests.conftest import last_json, run_nas
 

@@ -2,11 +2,11 @@
 
 import numpy as np
 import onnxruntime as ort
-from nas.search_spaces.references import reference_archs
 
 from nas.build import build_model
 from nas.config import TargetConfig
 from nas.onnx_export import export_onnx
+from nas.search_spaces.references import reference_archs
 from nas.targets.factory import make_target
 from nas.targets.ort import io_bound_pipeline
 from nas.targets.pipeline import Pipeline

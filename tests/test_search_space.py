@@ -1,11 +1,11 @@
 import optuna
 import pytest
 from hydra import compose, initialize_config_module
-from nas.search_spaces.factorized import make_space
 from omegaconf import OmegaConf
 
 from nas.build import build_model
 from nas.config import SearchConfig
+from nas.search_spaces.factorized import make_space
 
 
 def space_cfg(name: str):
@@ -43,3 +43,62 @@ def test_sampled_arch_builds_with_timm():
 def test_space_rejects_an_arch_outside_its_choices():
     mnv3 = make_space(space_cfg("mnv3"))
     assert not mnv3.contains(mnv3.references()["efficientnet_b0"])
+
+
+def test_references_stay_at_their_native_width_and_resolution():
+    space = make_space(space_cfg("mbconv"))
+    for name, arch in space.references().items():
+        assert (arch.width, arch.resolution) == (1.0, 224), name
+
+
+@pytest.mark.parametrize("name", ["mbconv", "mnv3"])
+def test_default_space_spans_the_budget(name, tmp_path):
+    """Width and resolution are searched: the space's extremes bracket mobilenetv2_100 at 224 px widely."""
+    from nas.config import TargetConfig
+    from nas.onnx_export import export_onnx, graph_stats
+    from nas.search_spaces.references import reference_archs
+    from nas.targets.ort import OnnxRuntimeTarget
+
+    space = make_space(space_cfg(name))
+    assert len(space.widths) >= 4 and len(space.resolutions) >= 3
+    small, large = space.extremes()
+    assert space.contains(small) and space.contains(large)
+    assert (small.width, small.resolution) == (min(space.widths), min(space.resolutions))
+    target = OnnxRuntimeTarget(TargetConfig(warmup=2, repeats=20, rounds=2, round_pause_s=0))
+    macs, p50 = {}, {}
+    for label, arch in (("small", small), ("mbv2", reference_archs()["mobilenetv2_100"]), ("large", large)):
+        import onnx
+
+        path = export_onnx(build_model(arch, 10), (1, 3, arch.resolution, arch.resolution), tmp_path / f"{label}.onnx")
+        macs[label] = graph_stats(onnx.load(str(path))).macs
+        p50[label] = target.measure(path).p50
+    # The issue's goal: at least 4x faster and 1.5x slower than mobilenetv2_100. MACs are exact; the measured
+    # order is asserted with a wide margin only (timing figures belong in benchmarks/space_span.py).
+    assert macs["small"] * 4 <= macs["mbv2"] and macs["large"] >= 1.5 * macs["mbv2"]
+    assert p50["small"] * 2 < p50["mbv2"] < p50["large"]
+
+
+def test_a_study_of_the_fixed_width_space_resumes_in_the_open_space(tmp_path):
+    """Studies made when width and resolution were fixed keep their trials: their archs lie inside the new space."""
+    import optuna
+
+    from nas.arch import Arch
+    from tests.conftest import FAST, run_nas
+
+    wd = tmp_path / "wd"
+    rest = [o for o in FAST if not o.startswith("search_space.resolution")]
+    old = run_nas("search", f"workdir={wd}", "study.n_trials=2", "search_space.width=[1.0]",
+                  "search_space.resolution=[64]", "search_space.enqueue_references=false", *rest)
+    assert old.returncode == 0, old.stderr[-2000:]
+    new = run_nas("search", f"workdir={wd}", "study.n_trials=2", "search_space.resolution=[64,96]",
+                  "search_space.enqueue_references=false", *rest)
+    assert new.returncode == 0, new.stderr[-2000:]
+    assert "2 trial(s) stored" in new.stdout
+    trials = optuna.load_study(study_name="cpu-mbconv-digits-10ms", storage=f"sqlite:///{wd / 'optuna.db'}").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    space = make_space(space_cfg("mbconv"))
+    for t in trials:
+        arch = Arch.from_dict(t.user_attrs["arch"])
+        assert arch.hash == t.user_attrs["arch_hash"]  # hashes of the old trials are unchanged
+    assert all("width" not in t.params for t in trials[:2]) and all("width" in t.params for t in trials[2:])
+    assert all(Arch.from_dict(t.user_attrs["arch"]).width in space.widths for t in trials)

@@ -8,11 +8,11 @@ import optuna
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
-from nas.search_spaces.references import reference_archs
 
 from nas.accuracy.datasets import load_dataset
 from nas.build import build_model
 from nas.quantize import calibration_batches
+from nas.search_spaces.references import reference_archs
 from nas.tflite_convert import interpreter, to_tflite
 from tests.conftest import FAST, last_json, run_nas
 from tests.test_agent import AUTH, QUICK, TOKEN, start_agent
@@ -22,7 +22,7 @@ TFLITE_FAST = [*FAST, "target=tflite_cpu"]
 
 @pytest.fixture(scope="module")
 def small_tflite(tmp_path_factory):
-    data = load_dataset("digits", 32, 0.2, 0)
+    data = load_dataset("digits", 0.2, 0).at(32)
     model = build_model(reference_archs()["mobilenetv3_small_100"], 10)
     shape = (1, 3, 32, 32)
     conv = to_tflite(model, shape, tmp_path_factory.mktemp("t") / "m.tflite", "int8",

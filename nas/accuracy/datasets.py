@@ -1,8 +1,13 @@
-"""Datasets for the accuracy proxy: tensors in memory, resized to the dataset's resolution, 3 channels."""
+"""Datasets for the accuracy proxy: loaded once, then resized to each candidate's training resolution.
+
+A candidate is trained at a resolution derived from its deployment resolution (``train_resolution``), so the
+searched resolution changes accuracy as well as latency. The loaded images are kept at their stored resolution
+(``ImageData``); ``ImageData.at(r)`` gives normalised, 3-channel splits at ``r`` pixels, computed once per ``r``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ from nas.errors import DatasetError
 
 @dataclass(frozen=True)
 class TensorSplits:
-    """Train/validation tensors (N, 3, H, W) float32 normalised, labels int64."""
+    """Train/validation tensors (N, 3, H, W) float32 normalised, labels int64, at one resolution."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -28,16 +33,51 @@ class TensorSplits:
         return int(self.x_train.shape[-1])
 
 
-def load_dataset(name: str, resolution: int, val_fraction: float, seed: int, path: str | None = None,
-                 max_images: int | None = None) -> TensorSplits:
-    """Load ``digits`` (scikit-learn's, shipped with the package) or an ``imagefolder`` at ``path``."""
+@dataclass(frozen=True)
+class ImageData:
+    """A stratified split of images in [0, 1] at their stored resolution (1 or 3 channels)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+    name: str
+    _cache: dict[int, TensorSplits] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def stored_resolution(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    def at(self, resolution: int) -> TensorSplits:
+        """Both splits resized to ``resolution``, 3 channels, normalised with the training split's statistics."""
+        if resolution not in self._cache:
+            tr, va = _resize(self.x_train, resolution), _resize(self.x_val, resolution)
+            mean = tr.mean(dim=(0, 2, 3), keepdim=True)
+            std = tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+            self._cache[resolution] = TensorSplits(((tr - mean) / std).contiguous(), self.y_train,
+                                                   ((va - mean) / std).contiguous(), self.y_val,
+                                                   self.num_classes, self.name)
+        return self._cache[resolution]
+
+
+def train_resolution(deploy_resolution: int, proxy_scale: float, min_resolution: int) -> int:
+    """The resolution a candidate is trained at: its deployment resolution scaled for the proxy, floored."""
+    return max(min_resolution, round(deploy_resolution * proxy_scale))
+
+
+def load_dataset(name: str, val_fraction: float, seed: int, path: str | None = None,
+                 max_images: int | None = None, resolution: int | None = None) -> ImageData:
+    """Load ``digits`` (scikit-learn's, shipped with the package) or an ``imagefolder`` at ``path``.
+
+    ``resolution`` is the largest training resolution needed: an image folder is decoded at it, once.
+    """
     if name == "digits":
         x, y = _digits()
     elif name == "imagefolder":
-        x, y = _imagefolder(path, resolution, max_images)
+        x, y = _imagefolder(path, resolution or 64, max_images)
     else:
         raise DatasetError(f"unknown dataset {name!r}: use dataset=digits or dataset=imagefolder")
-    x = _to_rgb_resolution(x, resolution)
     return _split(x, y, val_fraction, seed, name)
 
 
@@ -80,17 +120,15 @@ def _imagefolder(path: str | None, resolution: int, max_images: int | None) -> t
     return x, torch.tensor(ys, dtype=torch.int64)
 
 
-def _to_rgb_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
+def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return ((x - mean) / std).contiguous()
+        # Antialiased when shrinking, so a low training resolution sees what a camera at that resolution would.
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=resolution < x.shape[-1])
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, name: str) -> TensorSplits:
+def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, name: str) -> ImageData:
     """A stratified split: every class appears in both parts in proportion."""
     rng = np.random.default_rng(seed)
     labels = y.numpy()
@@ -103,4 +141,4 @@ def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, nam
         val_idx.extend(idx[:n_val])
         train_idx.extend(idx[n_val:])
     tr, va = torch.tensor(np.sort(train_idx)), torch.tensor(np.sort(val_idx))
-    return TensorSplits(x[tr], y[tr], x[va], y[va], int(labels.max()) + 1, name)
+    return ImageData(x[tr], y[tr], x[va], y[va], int(labels.max()) + 1, name)

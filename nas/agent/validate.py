@@ -3,6 +3,8 @@ standard operators only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 
 from nas.errors import first_line
@@ -51,3 +53,12 @@ def validate_tflite(data: bytes) -> None:
         if "custom op" in str(e).lower():
             raise ModelRejected(f"custom operators refused: the agent loads no custom-op libraries ({first})") from None
         raise ModelRejected(f"invalid TFLite model: {first}") from None
+
+
+def validate_file(path: Path, fmt: str) -> None:
+    """Check an upload spooled to ``path``: ONNX for format=onnx, TFLite for tflite and edgetpu.
+
+    The agent calls this in the measurement process, so a slow check or a parser crash on a hostile file neither
+    blocks nor takes down the server."""
+    data = path.read_bytes()
+    validate_onnx(data) if fmt == "onnx" else validate_tflite(data)

@@ -70,7 +70,8 @@ class RemoteTarget:
         params = {"threads": self.cfg.threads, "warmup": self.cfg.warmup, "repeats": self.cfg.repeats,
                   "rounds": self.cfg.rounds, "round_pause_s": self.cfg.round_pause_s,
                   "providers": ",".join(self.cfg.providers), "scope": self.cfg.scope,
-                  "source_size": ",".join(str(v) for v in self.cfg.source_size), "format": self.cfg.format}
+                  "source_size": ",".join(str(v) for v in self.cfg.source_size), "format": self.cfg.format,
+                  "precision": self.cfg.precision}  # named in the agent's fingerprint
         t0 = time.perf_counter()
         out = self._request("POST", "/measure", params=params, data=Path(model_path).read_bytes())
         self.last_timings = {"measure": time.perf_counter() - t0, "queued": out["timing"]["queued_s"]}
