@@ -1,8 +1,17 @@
-"""Latency repeatability: one model measured N times, each in a fresh ONNX Runtime session as a trial does.
+"""Latency repeatability: one model measured N times, each in a fresh ONNX Runtime session as a trial does, under
+several measuring protocols, to see which keeps the figure true on a noisy, drifting machine (issue 20).
 
-Goal (issue 2): the p50 of the runs within +-3% of their median. Prints one row per run and the spread.
+Protocols (all 1 thread, 10 warm-up runs, rounds of 20 runs):
+- ``fixed``: 5 rounds, no stopping rule, no drift probe (the protocol before issue 20);
+- ``adaptive``: rounds until the 95% interval of the p50 is within ±3% (at most 25 rounds or 15 s);
+- ``adaptive+drift`` (the default): the same, bracketed by the drift probe; measured again when it moved > 5%;
+- ``normalised``: the fixed protocol with the drift probe timed in the same window, the figure scaled by the
+  probe's first time over its time now (interleaving a reference).
 
-    python benchmarks/latency_repeatability.py [--arch mobilenetv2_100] [--runs 5] [--warmup 10] [--repeats 50]
+For each protocol: every run's p50, the spread of the runs' p50 around their median (goal ±3%), the time one
+measurement took, and the runs grouped by the speed the machine was in (a "mode": p50s within 5% of each other).
+
+    python benchmarks/latency_repeatability.py [--arch mobilenetv2_100] [--runs 8] [--protocols fixed,adaptive+drift]
 """
 
 from __future__ import annotations
@@ -11,39 +20,79 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from nas.build import build_model
-from nas.config import TargetConfig
 from nas.onnx_export import export_onnx
 from nas.search_spaces.references import reference_archs
-from nas.targets.factory import make_target
+from nas.targets import make_target
+from nas.targets.ort import OrtConfig
+
+PROTOCOLS = {
+    "fixed": dict(tolerance=0.0, drift_tolerance=0.0),
+    "adaptive": dict(tolerance=0.03, drift_tolerance=0.0),
+    "adaptive+drift": dict(tolerance=0.03, drift_tolerance=0.05),
+    "normalised": dict(tolerance=0.0, drift_tolerance=0.0),
+}
+
+
+def modes(values: list[float], gap: float = 0.05) -> list[list[float]]:
+    """Values grouped into speed modes: sorted, a new mode wherever the next value is more than ``gap`` above."""
+    out: list[list[float]] = []
+    for v in sorted(values):
+        if out and v <= out[-1][-1] * (1 + gap):
+            out[-1].append(v)
+        else:
+            out.append([v])
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="mobilenetv2_100")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=TargetConfig.warmup)
-    ap.add_argument("--repeats", type=int, default=TargetConfig.repeats)
-    ap.add_argument("--threads", type=int, default=TargetConfig.threads)
+    ap.add_argument("--runs", type=int, default=8)
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    cfg = TargetConfig(warmup=args.warmup, repeats=args.repeats, threads=args.threads)
-    target = make_target(cfg)
+    base = OrtConfig(threads=args.threads)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(build_model(reference_archs()[args.arch], num_classes=10), tuple(cfg.input_shape),
+        path = export_onnx(build_model(reference_archs()[args.arch], num_classes=10), tuple(base.input_shape),
                            Path(tmp) / "model.onnx")
-        rows = [target.measure(path) for _ in range(args.runs)]
-    for i, s in enumerate(rows):
-        print(f"run {i + 1}: p50 {s.p50:.3f} ms  p90 {s.p90:.3f}  p99 {s.p99:.3f}  cv {s.cv:.1%}")
-    p50s = [s.p50 for s in rows]
-    med = statistics.median(p50s)
-    spread = max(abs(p - med) for p in p50s) / med
-    p90s = [s.p90 for s in rows]
-    spread90 = max(abs(p - statistics.median(p90s)) for p in p90s) / statistics.median(p90s)
-    print(f"{args.arch}: median p50 {med:.3f} ms, p50 spread +-{spread:.1%} (goal +-3%), p90 spread +-{spread90:.1%}")
-    print(json.dumps({"arch": args.arch, "median_p50_ms": med, "p50_spread": spread, "p90_spread": spread90,
-                      "warmup": args.warmup, "repeats": args.repeats}))
+        for name in args.protocols.split(","):
+            cfg = replace(base, **PROTOCOLS[name])
+            target = make_target(replace(cfg, drift_tolerance=0.05) if name == "normalised" else cfg)
+            probe0 = target.drift_probe.time_ms() if name == "normalised" else None
+            p50s, seconds, rounds, remeasured = [], [], [], 0
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                if name == "normalised":
+                    before = target.drift_probe.time_ms()
+                    stats = make_target(cfg).measure(path).stats
+                    after = target.drift_probe.time_ms()
+                    p50 = stats.p50 * probe0 / ((before + after) / 2)
+                else:
+                    m = target.measure(path)
+                    stats, p50 = m.stats, m.stats.p50
+                    remeasured += int((m.details.get("drift") or {}).get("remeasured", 0))
+                seconds.append(time.perf_counter() - t0)
+                p50s.append(p50)
+                rounds.append(stats.rounds)
+            med = statistics.median(p50s)
+            spread = max(abs(p - med) for p in p50s) / med
+            groups = modes(p50s)
+            results[name] = {"p50s": p50s, "median_p50_ms": med, "spread": spread, "seconds": seconds,
+                             "rounds": rounds, "remeasured": remeasured,
+                             "modes": [[min(g), max(g), len(g)] for g in groups]}
+            print(f"{name:<15} p50 " + " ".join(f"{p:.2f}" for p in p50s)
+                  + f" | median {med:.3f} ms, spread ±{spread:.1%} (goal ±3%), "
+                  f"{statistics.median(seconds):.1f} s/measurement, rounds {min(rounds)}-{max(rounds)}"
+                  + (f", re-measured {remeasured}x" if remeasured else "")
+                  + f"; {len(groups)} mode(s): " + ", ".join(f"{min(g):.2f}-{max(g):.2f} ms ({len(g)} runs)"
+                                                             for g in groups), flush=True)
+    print(json.dumps({"arch": args.arch, "runs": args.runs, "threads": args.threads, "protocols": results}))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from nas.config import SearchConfig, register_configs
 from nas.onnx_export import export_onnx
 from nas.search_spaces.factorized import make_space
 from nas.search_spaces.references import reference_archs
-from nas.targets.factory import make_target
+from nas.targets import make_target
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
 
     def p90(arch: Arch, tmp: Path) -> float:
         path = export_onnx(build_model(arch, 10), (1, 3, arch.resolution, arch.resolution), tmp / "m.onnx")
-        return statistics.median(target.measure(path).p90 for _ in range(3))
+        return statistics.median(target.measure(path).stats.p90 for _ in range(3))
 
     with tempfile.TemporaryDirectory() as tmp:
         base = p90(reference_archs()["mobilenetv2_100"], Path(tmp))

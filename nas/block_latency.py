@@ -9,7 +9,6 @@ from torch import nn
 
 from nas.arch import Arch
 from nas.build import build_model
-from nas.config import TargetConfig
 from nas.onnx_export import export_onnx
 from nas.predictors.lut import EntryMeasure, entry_keys
 from nas.targets.base import Target
@@ -51,16 +50,17 @@ def arch_parts(arch: Arch, num_classes: int) -> list[tuple[str, nn.Module, tuple
     return parts
 
 
-def make_entry_measure(target: Target, cfg: TargetConfig, scratch: Path, num_classes: int) -> EntryMeasure:
+def make_entry_measure(target: Target, scratch: Path, num_classes: int) -> EntryMeasure:
     """A ``measure_entries`` function for the lookup table, measuring on ``target``."""
+    cfg = target.cfg
 
     def measure_entries(arch: Arch, keys: list[str]) -> dict[str, float]:
         wanted = set(keys)
         out: dict[str, float] = {}
         for key, module, shape in arch_parts(arch, num_classes):
             if key in wanted and key not in out:
-                path = export_onnx(module.eval(), shape, scratch / "entry.onnx", cfg.exporter, cfg.opset)
-                out[key] = target.measure(path).value(cfg.statistic)
+                path = export_onnx(module.eval(), shape, scratch / "entry.onnx", str(cfg.exporter), cfg.opset)
+                out[key] = target.measure(path).stats.value(str(cfg.statistic))
         return out
 
     return measure_entries

@@ -24,18 +24,21 @@ COMMANDS = {
     "predictor fit": "measure diverse archs and fit a latency predictor for the target",
     "predictor eval": "test the target's predictor on fresh held-out archs (RMSE, MAPE, ±5/±10%, Kendall tau)",
     "agent": "serve measurements on this device over HTTP (for target=remote)",
+    "runtimes": "which CPU runtime runs arch=NAME fastest here: p50/p90 under each one installed",
 }
 CONFIG_OF = {"search": "search", "export": "export", "measure": "measure", "predictor fit": "predictor",
-             "predictor eval": "predictor", "agent": "agent"}
+             "predictor eval": "predictor", "agent": "agent", "runtimes": "runtimes"}
 
-register_configs()
 
 
 def _run(command: str, cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from nas import commands
 
     try:
         typed = OmegaConf.to_object(cfg)
+        typed.overrides = list(HydraConfig.get().overrides.task)  # the model card's reproduce line
         code = getattr(commands, command.replace(" ", "_"))(typed)
     except NasError as e:
         print(f"nas {command}: error: {e}", file=sys.stderr)
@@ -82,9 +85,14 @@ def agent_main(cfg: DictConfig) -> None:
     _run("agent", cfg)
 
 
+@hydra.main(config_path=CONF, config_name="runtimes", version_base=None)
+def runtimes_main(cfg: DictConfig) -> None:
+    _run("runtimes", cfg)
+
+
 MAINS: dict[str, Callable[[], None]] = {
     "search": search_main, "export": export_main, "measure": measure_main, "predictor fit": predictor_fit_main,
-    "predictor eval": predictor_eval_main, "agent": agent_main,
+    "predictor eval": predictor_eval_main, "agent": agent_main, "runtimes": runtimes_main,
 }
 
 
@@ -124,9 +132,19 @@ def store_failure(e: BaseException) -> str | None:
 
 
 def _one_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # Hydra wraps OmegaConf's error ("Invalid value 'x', expected one of [...]", with its key) in its own.
+    cause = e.__cause__ if e.__cause__ is not None and "Error merging override" in str(e) else e
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
     keep = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
+    if any("Available options in" in ln for ln in keep):  # a wrong group option: list the real choices only
+        i = next(i for i, ln in enumerate(keep) if "Available options in" in ln)
+        end = next((j for j, ln in enumerate(keep) if ln.startswith("Config search path")), len(keep))
+        options = [ln for ln in keep[i + 1:end] if not ln.endswith("_schema")]
+        keep = [*keep[:i], f"{keep[i].rstrip(':')}: {', '.join(options)}"]
     msg = "; ".join(keep) or type(e).__name__
+    if key and key not in msg:
+        msg = f"{key}: {msg}"
     if "is not in struct" in msg or "not found in" in msg:
         msg += " (see `nas <command> --cfg job` for the valid keys)"
     return msg
@@ -148,6 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         print(usage(), file=sys.stderr)
         sys.exit(2)
     command, rest = args[0], args[1:]
+    try:
+        register_configs()  # built-in parts and plugins: a plugin that cannot be imported is one line
+    except NasError as e:
+        print(f"nas {command}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     if not any(a.startswith("-") for a in rest):  # flags (--help, -m, --cfg) go to Hydra untouched
         error = validate_overrides(command, rest)
         if error:

@@ -9,22 +9,33 @@ from typing import Any
 import onnx
 import optuna
 
+from nas import names
+from nas.accuracy.datasets import load_dataset, train_resolution
 from nas.arch import Arch
 from nas.config import AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig
 from nas.errors import ConfigError, NasError, StudyNotFound, TargetError, first_line
+from nas.export import export_best
 from nas.latency import measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import graph_stats
 from nas.records import TrialRecord, pareto_front, record_of
-from nas.search import export_best, open_storage, run_search, study_prefix
+from nas.reeval import ranked, reevaluate
+from nas.runtimes import runtimes
+from nas.search import make_recipe, run_search
 from nas.search_spaces.references import reference_archs
-from nas.stores import check_stores
-from nas.targets.factory import make_target
+from nas.stores import check_stores, study_storage_url
+from nas.study import open_storage, study_prefix
+from nas.targets import make_target
+from nas.targets.base import targets
 from nas.tracking import Tracker, tracking_uri
 
 
 def search(cfg: SearchConfig) -> int:
     say = _printer(cfg.format)
+    if cfg.study.workers > 1:
+        from nas.launch import run_workers
+
+        return run_workers(cfg, say)
     summary = run_search(cfg, log=say)
     say(_table(summary.records, cfg))
     code = 130 if summary.interrupted else 0
@@ -32,15 +43,20 @@ def search(cfg: SearchConfig) -> int:
                               "complete": sum(r.state == "complete" for r in summary.records),
                               "failed": sum(r.state == "failed" for r in summary.records),
                               "skipped": sum(r.state == "skipped" for r in summary.records),
-                              "mlflow_run_id": summary.parent_run_id, "tracking_uri": tracking_uri(_wd(cfg))}
-    if summary.export is not None:
-        say(f"exported trial {summary.export.trial.number} ({summary.export.trial.label}) to {summary.export.path}")
+                              "mlflow_run_id": summary.parent_run_id,
+                              "tracking_uri": tracking_uri(_wd(cfg), cfg.tracking.uri)}
+    if summary.deferred:
+        result["export"] = None
+    elif summary.export is not None:
+        say(f"exported trial {summary.export.trial.number} ({summary.export.trial.label}), top-1 "
+            f"{_top1(summary.export)}, to {summary.export.path}")
         result["export"] = _export_json(summary.export)
     else:
         say(f"nas search: error: {summary.export_error}", err=True)
         result["error"] = summary.export_error
         code = code or 1
-    say(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri(_wd(cfg))}")
+    uri = tracking_uri(_wd(cfg), cfg.tracking.uri)
+    say(f"MLflow UI: {uri}" if uri.startswith("http") else f"MLflow UI: mlflow ui --backend-store-uri {uri}")
     if cfg.format == "json":
         print(json.dumps(result))
     return code
@@ -49,32 +65,35 @@ def search(cfg: SearchConfig) -> int:
 def export(cfg: SearchConfig) -> int:
     say = _printer(cfg.format)
     workdir = _wd(cfg)
-    if not (workdir / "optuna.db").exists():
+    if cfg.study.storage is None and not (workdir / "optuna.db").exists():
         raise StudyNotFound(f"no study in workdir={workdir}: run `nas search` there first")
     check_stores(workdir)
-    storage = open_storage(workdir)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    wanted = [cfg.study.name] if cfg.study.name else [n for n in names if n.startswith(study_prefix(cfg) + "-")]
-    wanted = [n for n in wanted if n in names]
+    storage = open_storage(study_storage_url(cfg.study.storage, workdir), workdir)
+    stored = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    wanted = [cfg.study.name] if cfg.study.name else [n for n in stored if n.startswith(study_prefix(cfg) + "-")]
+    wanted = [n for n in wanted if n in stored]
     if not wanted:
-        raise StudyNotFound(f"no study for {study_prefix(cfg)} in {workdir} (studies there: {names or 'none'})")
+        raise StudyNotFound(f"no study for {study_prefix(cfg)} in {workdir} (studies there: {stored or 'none'})")
     records: list[TrialRecord] = []
     facts: dict[str, Any] = {}
-    for n in wanted:
-        study = optuna.load_study(study_name=n, storage=storage)
+    studies = {n: optuna.load_study(study_name=n, storage=storage) for n in wanted}
+    for n, study in studies.items():
         facts = facts or study.user_attrs
         records += [record_of(n, t) for t in study.trials]
-    tracker = Tracker(workdir, cfg.study.experiment)
+    tracker = Tracker(workdir, cfg.study.experiment, cfg.tracking.uri)
     best_study = max(wanted, key=lambda n: sum(r.study == n for r in records))
-    run_id = tracker.study_run(best_study, {})
-    try:
-        result = export_best(cfg, records, facts.get("fingerprint", {}), int(facts.get("num_classes", 10)),
-                             tracker, run_id)
-    finally:
-        tracker.end(run_id)
+    run_id = tracker.find_study_run(best_study) or tracker.study_run(best_study, {})
+    reevals = []
+    if cfg.study.reeval_top_k and ranked(records, cfg.budget_ms):  # stored re-evaluations reused, missing ones run
+        largest = max(train_resolution(r, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
+                      for r in cfg.search_space.resolution)
+        reevals = reevaluate(cfg, studies, records, load_dataset(cfg.dataset, largest),
+                             targets.get(cfg.target.backend).factory, make_recipe(cfg), tracker, say)
+    result = export_best(cfg, records, facts.get(names.STUDY_FINGERPRINT, {}),
+                         int(facts.get(names.STUDY_NUM_CLASSES, 10)), tracker, run_id,
+                         list(facts.get(names.STUDY_COMMAND, [])), reevals)
     say(f"budget {cfg.budget_ms:g} ms ({cfg.target.statistic}): trial {result.trial.number} of {result.trial.study} "
-        f"({result.trial.label}), {result.trial.latency_ms:.2f} ms, top-1 {result.trial.accuracy:.3f} "
-        f"-> {result.path}")
+        f"({result.trial.label}), {result.trial.latency_ms:.2f} ms, top-1 {_top1(result)} -> {result.path}")
     if cfg.format == "json":
         print(json.dumps(_export_json(result)))
     return 0
@@ -83,41 +102,34 @@ def export(cfg: SearchConfig) -> int:
 def measure(cfg: MeasureConfig) -> int:
     say = _printer(cfg.format)
     target = make_target(cfg.target)
-    if (warning := getattr(target, "warning", lambda: None)()) is not None:
+    if (warning := target.warning()) is not None:
         say(warning, err=True)
     out: dict[str, Any] = {"target": cfg.target.name, "fingerprint": target.fingerprint()}
-    details: dict[str, Any] = {}
     if cfg.model is not None:
         path = Path(cfg.model).expanduser()
         if path.is_dir():
             raise TargetError(f"model={cfg.model} is a directory: give the model file (.onnx or .tflite) inside it")
         if not path.is_file():
             raise TargetError(f"model={cfg.model}: no such file")
-        if path.suffix == ".tflite":
-            if cfg.target.deploy_format != "tflite":
-                raise TargetError(f"model={cfg.model}: target {cfg.target.name} runs ONNX models, not TFLite")
-            out.update(model=str(path), params=None, macs=None)
-        else:
+        target.accepts(path)
+        size: dict[str, Any] = {"params": None, "macs": None}
+        if path.suffix == ".onnx":
             try:
                 graph = graph_stats(onnx.load(str(path)))
-            except Exception as e:
-                raise TargetError(f"model={cfg.model} is not a readable ONNX model: "
-                                  f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
-            if getattr(target, "artifact", "onnx") == "tflite" and cfg.target.runtime == "litert":
-                raise TargetError(f"target {cfg.target.name} runs TFLite files: give model=x.tflite, or "
-                                  "arch=NAME to convert one of our candidates")
-            out.update(model=str(path), params=graph.params, macs=graph.macs)
-        stats = target.measure(path)
-        if callable(getattr(target, "estimate_dict", None)) and stats.source == "predicted":
-            details["estimate"] = target.estimate_dict()
+            except Exception as e:  # protobuf and shape inference raise many types on a corrupt file
+                raise TargetError(f"model={cfg.model} is not a readable ONNX model: {first_line(e)}") from None
+            size = {"params": graph.params, "macs": graph.macs}
+        m = target.measure(path)
+        stats, details = m.stats, m.details
+        out.update(model=str(path), **size)
         label = path.name
     else:
         arch = _load_arch(cfg.arch)
         workdir = Path(cfg.workdir).expanduser().resolve()
         check_stores(workdir, ("measurements.db",))
         with scratch_dir(workdir) as scratch:
-            lat = measure_arch(arch, target, cfg.target, MeasurementCache(workdir / "measurements.db"),
-                               scratch / "model.onnx", cfg.num_classes)
+            lat = measure_arch(arch, target, MeasurementCache(workdir / "measurements.db"), scratch,
+                               cfg.num_classes)
         stats, details = lat.stats, lat.details
         out.update(arch=arch.name or arch.hash, arch_hash=arch.hash, params=lat.graph.params, macs=lat.graph.macs,
                    cached=lat.cached)
@@ -125,28 +137,32 @@ def measure(cfg: MeasureConfig) -> int:
     out["latency_ms"] = stats.to_dict()
     out["latency_source"] = stats.source
     out.update(details)
-    size = (f"  params {out['params']:,}  MACs {out['macs']:,}" if out.get("params") is not None else "")
-    if stats.source == "predicted":
-        est = details.get("estimate") or {}
-        parts = "  ".join(f"{k.removesuffix('_ms')} {est[k]:.2f}" for k in
-                          ("overhead_ms", "compute_ms", "streaming_ms", "cpu_ms") if k in est)
-        ops = (f"  ops on the Edge TPU {est['tpu_ops']}, on the CPU {est['cpu_ops']}" if "tpu_ops" in est else "")
-        say(f"{label} on {cfg.target.name}: PREDICTED {stats.p50:.3f} ms ± {stats.std:.3f} ({parts}){ops}{size}")
-    else:
-        say(f"{label} on {cfg.target.name}: p50 {stats.p50:.3f} ms  p90 {stats.p90:.3f}  p99 {stats.p99:.3f}  "
-            f"mean {stats.mean:.3f} ± {stats.std:.3f} (cv {stats.cv:.1%}, n={stats.n}){size}")
-        if stats.split_ms:  # pipeline scope: where the time goes (medians of each part)
-            say("  split (median ms): " + "  ".join(f"{k} {v:.3f}" for k, v in stats.split_ms.items()))
-        if "conversion" in details:
-            c = details["conversion"]
-            say(f"  TFLite {c['precision']} vs float model: top-1 agreement {c['top1_agreement']:.0%}, "
-                f"max relative error {c['rel_error']:.3f} (conversion {c['seconds']:.1f} s)")
-        if "compile" in details:
-            c = details["compile"]
-            say(f"  edgetpu_compiler: {c.get('tpu_ops')} op(s) on the Edge TPU, {c.get('cpu_ops')} on the CPU")
+    say(_measure_line(label, cfg.target.name, stats, details, out))
     if cfg.format == "json":
         print(json.dumps(out))
     return 0
+
+
+def _measure_line(label: str, target: str, stats: Any, details: dict[str, Any], out: dict[str, Any]) -> str:
+    size = f"  params {out['params']:,}  MACs {out['macs']:,}" if out.get("params") is not None else ""
+    if stats.source == "predicted":
+        est = details.get("estimate") or {}
+        parts = "  ".join(f"{k.removesuffix('_ms')} {est[k]:.2f}" for k in
+                          ("overhead_ms", "compute_ms", "streaming_ms", "io_ms", "cpu_ms") if k in est)
+        ops = f"  ops on the Edge TPU {est['tpu_ops']}, on the CPU {est['cpu_ops']}" if "tpu_ops" in est else ""
+        return f"{label} on {target}: PREDICTED {stats.p50:.3f} ms ± {stats.std:.3f} ({parts}){ops}{size}"
+    lines = [f"{label} on {target}: p50 {stats.p50:.3f} ms  p90 {stats.p90:.3f}  p99 {stats.p99:.3f}  "
+             f"mean {stats.mean:.3f} ± {stats.std:.3f} (cv {stats.cv:.1%}, n={stats.n}){size}"]
+    if stats.split_ms:  # pipeline scope: where the time goes (medians of each part)
+        lines.append("  split (median ms): " + "  ".join(f"{k} {v:.3f}" for k, v in stats.split_ms.items()))
+    if "conversion" in details:
+        c = details["conversion"]
+        lines.append(f"  TFLite {c['precision']} vs float model: top-1 agreement {c['top1_agreement']:.0%}, "
+                     f"max relative error {c['rel_error']:.3f} (conversion {c['seconds']:.1f} s)")
+    if "compile" in details:
+        c = details["compile"]
+        lines.append(f"  edgetpu_compiler: {c.get('tpu_ops')} op(s) on the Edge TPU, {c.get('cpu_ops')} on the CPU")
+    return "\n".join(lines)
 
 
 def predictor_fit(cfg: PredictorCmdConfig) -> int:
@@ -190,14 +206,23 @@ def _load_arch(spec: str) -> Arch:
         raise ConfigError(f"arch={spec} is not a valid arch.json: {first_line(e)}") from None
 
 
+def _top1(result: Any) -> str:
+    a = result.card["accuracy"]
+    return (f"{a['mean']:.3f} ± {a['std']:.3f} over {len(a['seeds'])} seeds" if a.get("std") is not None
+            else f"{a['mean']:.3f} (one run)") + f" at {a['epochs']} epochs"
+
+
 def _wd(cfg: SearchConfig) -> Path:
     return Path(cfg.workdir).expanduser().resolve()
 
 
 def _export_json(result: Any) -> dict[str, Any]:
     t = result.trial
+    a = result.card["accuracy"]
     return {"path": str(result.path), "trial": t.number, "study": t.study, "label": t.label,
-            "accuracy": t.accuracy, "latency_ms": t.latency_ms, "budget_ms": result.card["budget_ms"]}
+            "accuracy": a["mean"], "accuracy_std": a["std"], "accuracy_seeds": a["seeds"],
+            "accuracy_epochs": a["epochs"], "search_accuracy": t.accuracy, "latency_ms": t.latency_ms,
+            "budget_ms": result.card["budget_ms"]}
 
 
 def _table(records: list[TrialRecord], cfg: SearchConfig) -> str:
@@ -206,14 +231,16 @@ def _table(records: list[TrialRecord], cfg: SearchConfig) -> str:
     counts = {s: sum(r.state == s for r in records) for s in ("failed", "skipped")}
     lines = [f"\n{len(records)} trials: {len(done)} complete, {counts['failed']} failed, {counts['skipped']} skipped "
              "by the latency predictor",
-             f"{'trial':>5}  {'arch':<22} {cfg.target.statistic + ' ms':>8} {'top-1':>6} {'params':>10} "
-             f"{'MMACs':>7}  budget  pareto"]
+             f"{'trial':>5}  {'arch':<22} {str(cfg.target.statistic) + ' ms':>8} {'top-1':>6} {'epochs':>6} "
+             f"{'px':>4} {'params':>10} {'MMACs':>7}  budget  pareto"]
     if any(r.latency is not None and r.latency.source == "predicted" for r in done):
         lines[0] += "\nlatencies are PREDICTED by the analytic Edge TPU model, not measured"
     for r in done:
         lines.append(f"{r.number:>5}  {r.label[:22]:<22} {r.latency_ms:>8.2f} {r.accuracy:>6.3f} "
+                     f"{r.attrs.get(names.FIDELITY, '?'):>6} {r.attrs.get(names.TRAIN_RESOLUTION, '?'):>4} "
                      f"{r.params or 0:>10,} {(r.macs or 0) / 1e6:>7.0f}  "
                      f"{'ok' if r.latency_ms <= cfg.budget_ms else 'over':<6}  {'*' if r.number in front else ''}")
+    lines.append("top-1 is each trial's figure at the fidelity it reached (epochs): compare within one fidelity")
     return "\n".join(lines)
 
 
@@ -227,4 +254,4 @@ def _printer(fmt: str) -> Any:
     return say
 
 
-__all__ = ["NasError", "agent", "export", "measure", "predictor_eval", "predictor_fit", "search"]
+__all__ = ["NasError", "agent", "export", "measure", "predictor_eval", "predictor_fit", "runtimes", "search"]

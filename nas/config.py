@@ -1,98 +1,113 @@
 """Structured configs: the typed schema every Hydra override is validated against.
 
-OmegaConf checks types and unknown keys while composing; the ``__post_init__`` checks run when
-``to_object`` builds these dataclasses, so a bad value ends before anything is written.
+OmegaConf checks types, enum values and unknown keys while composing; the ``__post_init__`` checks run when
+``to_object`` builds these dataclasses, so a bad value ends before anything is written. Each target backend and
+each dataset has its own config dataclass (a subclass of ``TargetConfig`` / ``DatasetConfig``) in its own module,
+registered with it (``nas.registry``); the YAML in ``conf/<group>/`` only names it and what differs from its
+defaults.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from nas.errors import ConfigError
 
-STATISTICS = ("p50", "p90", "p95", "p99", "mean")
 ACTS = ("relu", "relu6", "hard_swish", "swish")
+CPU_RUNTIMES = ("cpu", "tflite_cpu", "openvino", "tvm")  # target options that run on this machine's CPU
 
 
-def _require(cond: bool, msg: str) -> None:
+class Statistic(StrEnum):
+    """Which latency statistic the budget applies to."""
+
+    p50 = "p50"
+    p90 = "p90"
+    p95 = "p95"
+    p99 = "p99"
+    mean = "mean"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Scope(StrEnum):
+    """What the budget covers: the model alone, or the pipeline (decode, resize, normalise, model, top-5)."""
+
+    model = "model"
+    pipeline = "pipeline"
+
+
+class Exporter(StrEnum):
+    legacy = "legacy"  # TorchScript: several times faster here (benchmarks/trial_breakdown.py)
+    dynamo = "dynamo"
+
+
+def require(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
 
 
 @dataclass
-class EdgeTpuConfig:
-    """target=edge_tpu: which Coral product, and whether latencies come from the device or the analytic model."""
-
-    device: str = "usb"  # usb (USB Accelerator on a desktop host) or dev_board: selects the fitted constants
-    mode: str = "auto"  # auto: measure when an Edge TPU is reachable, else predict; predict; measure (require one)
-    compiler: str = "edgetpu_compiler"  # name on PATH, or a path
-    library: str | None = None  # the Edge TPU runtime (libedgetpu.so.1 on Linux) when not the platform default
-
-    def __post_init__(self) -> None:
-        _require(self.device in ("usb", "dev_board"), f"target.edgetpu.device={self.device} must be usb or dev_board")
-        _require(self.mode in ("auto", "predict", "measure"),
-                 f"target.edgetpu.mode={self.mode} must be auto, predict or measure")
-
-
-RUNTIMES = ("onnxruntime", "agent", "litert", "edgetpu")
-
-
-@dataclass
 class TargetConfig:
-    name: str = "cpu"
-    runtime: str = "onnxruntime"
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
-    threads: int = 1
-    input_shape: list[int] = field(default_factory=lambda: [1, 3, 224, 224])
-    warmup: int = 10
-    repeats: int = 100
-    rounds: int = 5  # timed runs are split into rounds; percentiles are medians over rounds
-    round_pause_s: float = 0.05
-    statistic: str = "p90"  # which latency statistic the budget applies to
-    precision: str = "fp32"
-    exporter: str = "legacy"  # legacy (TorchScript) or dynamo; see benchmarks/trial_breakdown.py
-    opset: int = 17
-    scope: str = "model"  # what the budget covers: the model alone, or the pipeline (decode, resize, ..., top-5)
-    source_size: list[int] = field(default_factory=lambda: [480, 640])  # pipeline: the JPEG's height, width
-    url: str | None = None  # runtime=agent: where `nas agent` listens, e.g. http://127.0.0.1:8765
-    token: str | None = None  # runtime=agent: the agent's token, when it has one
-    timeout_s: float = 300.0  # runtime=agent: per request
-    retries: int = 3  # runtime=agent: attempts on a dropped connection
-    format: str = "onnx"  # runtime=agent: onnx (ONNX Runtime), tflite (LiteRT) or edgetpu (int8 TFLite, Edge TPU)
-    edgetpu: EdgeTpuConfig = field(default_factory=EdgeTpuConfig)
+    """What every target shares: the deployment shape and the measuring protocol. Backends subclass it."""
 
-    @property
-    def deploy_format(self) -> str:
-        """The file a device runs: onnx, or tflite (LiteRT, the Edge TPU, an agent running LiteRT)."""
-        if self.runtime in ("litert", "edgetpu") or (self.runtime == "agent" and self.format != "onnx"):
-            return "tflite"
-        return "onnx"
+    name: str = "cpu"
+    backend: str = "onnxruntime"  # the registered implementation (nas.targets)
+    threads: int = 1  # intra-op threads, fixed; 1 is the most repeatable on a shared 2-vCPU VM
+    input_shape: list[int] = field(default_factory=lambda: [1, 3, 224, 224])  # height/width follow the arch
+    warmup: int = 10
+    repeats: int = 100  # timed runs, split into rounds of repeats // rounds
+    rounds: int = 5  # at least this many rounds; percentiles are medians over rounds (robust to bursts of load)
+    round_pause_s: float = 0.05
+    # More rounds until the 95% interval of the budget statistic is within tolerance (0: no stopping rule), at
+    # most max_rounds or time_limit_s; a measurement that never settles is labelled so.
+    tolerance: float = 0.03
+    max_rounds: int = 25
+    time_limit_s: float = 15.0
+    # A fixed probe workload timed before and after each measurement; a speed change beyond this fraction means
+    # the machine drifted during it, and it is measured again (0: no probe).
+    drift_tolerance: float = 0.05
+    statistic: Statistic = Statistic.p90
+    precision: Precision = Precision.fp32
+    exporter: Exporter = Exporter.legacy
+    opset: int = 17
+    scope: Scope = Scope.model
+    source_size: list[int] = field(default_factory=lambda: [480, 640])  # pipeline: the JPEG's height, width
 
     def __post_init__(self) -> None:
-        _require(self.statistic in STATISTICS, f"target.statistic={self.statistic} must be one of {STATISTICS}")
-        _require(self.threads >= 1, f"target.threads={self.threads} must be >= 1")
-        _require(self.warmup >= 0, f"target.warmup={self.warmup} must be >= 0")
-        _require(self.repeats >= 5, f"target.repeats={self.repeats} must be >= 5 for percentiles to mean anything")
-        _require(1 <= self.rounds <= self.repeats, f"target.rounds={self.rounds} must be in [1, target.repeats]")
-        _require(len(self.input_shape) == 4 and all(d >= 1 for d in self.input_shape),
-                 f"target.input_shape={list(self.input_shape)} must be [batch, channels, height, width]")
-        _require(self.exporter in ("legacy", "dynamo"), f"target.exporter={self.exporter} must be legacy or dynamo")
-        _require(self.precision in ("fp32", "fp16", "int8"),
-                 f"target.precision={self.precision} must be fp32, fp16 or int8")
-        _require(self.runtime in RUNTIMES, f"target.runtime={self.runtime}: use one of {RUNTIMES}")
-        _require(self.format in ("onnx", "tflite", "edgetpu"),
-                 f"target.format={self.format} must be onnx, tflite or edgetpu")
-        if self.runtime == "litert" or (self.runtime == "agent" and self.format == "tflite"):
-            _require(self.precision in ("int8", "fp32"), f"target.precision={self.precision}: TFLite targets take "
-                     "int8 (full-integer) or fp32")
-        if self.runtime == "edgetpu" or (self.runtime == "agent" and self.format == "edgetpu"):
-            _require(self.precision == "int8", f"target.precision={self.precision}: the Edge TPU runs int8 only")
-        _require(self.runtime != "agent" or bool(self.url),
-                 "target=remote needs target.url=http://HOST:PORT of a running `nas agent`")
-        _require(self.scope in ("model", "pipeline"), f"target.scope={self.scope} must be model or pipeline")
-        _require(self.retries >= 1, f"target.retries={self.retries} must be >= 1")
+        require(self.threads >= 1, f"target.threads={self.threads} must be >= 1")
+        require(self.warmup >= 0, f"target.warmup={self.warmup} must be >= 0")
+        require(self.repeats >= 5, f"target.repeats={self.repeats} must be >= 5 for percentiles to mean anything")
+        require(1 <= self.rounds <= self.repeats, f"target.rounds={self.rounds} must be in [1, target.repeats]")
+        require(self.round_pause_s >= 0, f"target.round_pause_s={self.round_pause_s} must be >= 0")
+        require(self.tolerance >= 0, f"target.tolerance={self.tolerance} must be >= 0")
+        require(self.max_rounds >= self.rounds, f"target.max_rounds={self.max_rounds} must be >= target.rounds")
+        require(self.time_limit_s > 0, f"target.time_limit_s={self.time_limit_s} must be > 0")
+        require(self.drift_tolerance >= 0, f"target.drift_tolerance={self.drift_tolerance} must be >= 0")
+        require(len(self.input_shape) == 4 and all(d >= 1 for d in self.input_shape),
+                f"target.input_shape={list(self.input_shape)} must be [batch, channels, height, width]")
+        require(len(self.source_size) == 2 and all(8 <= d <= 8192 for d in self.source_size),
+                f"target.source_size={list(self.source_size)} must be [height, width] within 8..8192")
+
+    def setup_tag(self) -> str:
+        """What the user chose that changes what a latency means, for the study name ('' for the backend's
+        defaults: a target that runs int8 anyway, like the Edge TPU, gets no tag for it)."""
+        default_precision = type(self).__dataclass_fields__["precision"].default
+        parts = [] if self.precision == default_precision else [str(self.precision)]
+        if self.input_shape[0] != 1:
+            parts.append(f"b{self.input_shape[0]}")
+        if self.scope != Scope.model:
+            parts.append(str(self.scope))
+        if self.statistic != Statistic.p90:
+            parts.append(str(self.statistic))
+        return "-".join(parts)
 
 
 @dataclass
@@ -121,6 +136,7 @@ class ChoicesConfig:
 @dataclass
 class SearchSpaceConfig:
     name: str = "mbconv"
+    kind: str = "factorized"  # the registered space implementation (nas.search_spaces)
     family: str = "efficientnet"
     stem_size: int = 32
     num_features: int = 1280
@@ -132,60 +148,98 @@ class SearchSpaceConfig:
     enqueue_references: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.family in ("mobilenetv3", "efficientnet"),
-                 f"search_space.family={self.family} must be mobilenetv3 or efficientnet")
-        for key in ("act",):
-            bad = [a for a in getattr(self, key) if a not in ACTS]
-            _require(not bad, f"search_space.{key} has unknown activation(s) {bad}; use {ACTS}")
+        require(self.family in ("mobilenetv3", "efficientnet"),
+                f"search_space.family={self.family} must be mobilenetv3 or efficientnet")
+        bad = [a for a in self.act if a not in ACTS]
+        require(not bad, f"search_space.act has unknown activation(s) {bad}; use {ACTS}")
+        require(bool(self.width) and all(w > 0 for w in self.width), "search_space.width must list positive numbers")
+        require(bool(self.resolution) and all(r >= 16 for r in self.resolution),
+                "search_space.resolution must list resolutions of at least 16 px")
         for i, st in enumerate(self.stages):
-            _require(st.kind in ("ds", "ir", "er", "cn"), f"search_space.stages[{i}].kind={st.kind} is unknown")
-            _require(st.stride in (1, 2), f"search_space.stages[{i}].stride={st.stride} must be 1 or 2")
+            require(st.kind in ("ds", "ir", "er", "cn"), f"search_space.stages[{i}].kind={st.kind} is unknown")
+            require(st.stride in (1, 2), f"search_space.stages[{i}].stride={st.stride} must be 1 or 2")
             for name in ("channels", "depth", "kernel", "expansion", "se", "act"):
                 values = getattr(st, name)
-                _require(values is None or len(values) > 0, f"search_space.stages[{i}].{name} is an empty list")
+                require(values is None or len(values) > 0, f"search_space.stages[{i}].{name} is an empty list")
         for name in ("depth", "kernel", "expansion", "se", "act"):
-            _require(len(getattr(self.choices, name)) > 0, f"search_space.choices.{name} is an empty list")
+            require(len(getattr(self.choices, name)) > 0, f"search_space.choices.{name} is an empty list")
 
 
 @dataclass
 class DatasetConfig:
+    """What every dataset shares. Datasets with options of their own subclass it (nas.accuracy.datasets)."""
+
     name: str = "digits"
-    path: str | None = None
     # A candidate trains at round(its deployment resolution x proxy_scale), at least min_resolution pixels:
     # the searched resolution reaches accuracy, while latency is measured at the deployment resolution itself.
     proxy_scale: float = 0.143
     min_resolution: int = 16
     val_fraction: float = 0.2
     seed: int = 0
-    max_images: int | None = None
 
     def __post_init__(self) -> None:
-        _require(self.name in ("digits", "imagefolder"), f"dataset={self.name}: use digits or imagefolder")
-        _require(0.0 < self.val_fraction < 1.0, f"dataset.val_fraction={self.val_fraction} must be in (0, 1)")
-        _require(0.0 < self.proxy_scale <= 4.0, f"dataset.proxy_scale={self.proxy_scale} must be in (0, 4]")
-        _require(self.min_resolution >= 8, f"dataset.min_resolution={self.min_resolution} must be >= 8")
+        require(0.0 < self.val_fraction < 1.0, f"dataset.val_fraction={self.val_fraction} must be in (0, 1)")
+        require(0.0 < self.proxy_scale <= 4.0, f"dataset.proxy_scale={self.proxy_scale} must be in (0, 4]")
+        require(self.min_resolution >= 8, f"dataset.min_resolution={self.min_resolution} must be >= 8")
 
 
 @dataclass
 class StudyConfig:
-    n_trials: int = 16  # trials this run adds (a rerun adds more to the same study)
-    sampler: str = "nsga2"
+    n_trials: int = 16  # trials this process adds (a rerun adds more to the same study)
+    # Where the study lives: None for optuna.db in workdir; postgresql://USER@HOST:5432/DB for a study shared by
+    # many workers (the password from PGPASSWORD, or ${oc.env:VAR} in the URL, never on the command line).
+    storage: str | None = None
+    max_trials: int | None = None  # study-wide: every worker stops once the study holds this many trials
+    workers: int = 1  # local worker processes this command runs on the study (each adds trials until max_trials)
+    # Measuring on this host waits for other workers' training (and vice versa): their CPU load would skew it.
+    host_lock: bool = True
+    sampler: str = "nsga2"  # a registered sampler (nas.samplers)
     seed: int = 0
-    name: str | None = None  # default: derived from target, space, dataset and budget
+    name: str | None = None  # default: derived from target, its set-up, space, dataset and budget
     timeout_s: float | None = None
-    epochs: int = 3
-    batch_size: int = 64
+    # Accuracy fidelity: every candidate trains rungs[0] epochs; the best `promote` fraction of each rung, among
+    # candidates of its latency class, trains the next rung (a complete run of that many epochs).
+    # The default [1, 3] keeps the default search (and its 3-seed re-evaluation at 3 epochs) within about 7 minutes
+    # on a 2-core VM; benchmarks/accuracy_fidelity.py measures what a 9-epoch rung would buy.
+    rungs: list[int] = field(default_factory=lambda: [1, 3])
+    epochs: int | None = None  # shorthand for a single rung: rungs=[epochs]
+    promote: float = 0.34
+    # Latency classes (latency / budget): a candidate is promoted against those of its class, not the whole study;
+    # over-budget candidates (the last class) are never promoted: no export can pick them.
+    latency_classes: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    reeval_top_k: int = 3  # before export: the top feasible candidates retrained at the top rung ...
+    reeval_seeds: int = 3  # ... with this many seeds; the export picks by mean (ties: the faster)
+    # 32, not 64: twice the optimizer steps per epoch, so that a 1-epoch rung already separates candidates on a
+    # small dataset (mnasnet_100 on digits after one epoch: top-1 0.20 with 64, 0.44 with 32).
+    batch_size: int = 32
     lr: float = 0.01
-    train_threads: int | None = None  # torch threads for proxy training; None: all cores
-    cutoff_ratio: float = 0.5  # cut training when top-1 < ratio x median of earlier trials at that epoch
+    train_threads: int | None = None  # torch threads for training; None: all cores
+    device: str = "auto"  # auto (CUDA when torch sees one, else cpu), cpu, cuda, cuda:N
     experiment: str = "nas"  # MLflow experiment name
 
     def __post_init__(self) -> None:
-        _require(self.n_trials >= 0, f"study.n_trials={self.n_trials} must be >= 0")
-        _require(self.sampler in ("nsga2", "tpe", "random"), f"study.sampler={self.sampler}: use nsga2, tpe or random")
-        _require(self.epochs >= 1, f"study.epochs={self.epochs} must be >= 1")
-        _require(self.batch_size >= 2, f"study.batch_size={self.batch_size} must be >= 2")
-        _require(self.lr > 0, f"study.lr={self.lr} must be > 0")
+        from nas.samplers import samplers
+
+        if self.epochs is not None:
+            require(self.epochs >= 1, f"study.epochs={self.epochs} must be >= 1")
+            self.rungs = [self.epochs]
+        require(self.n_trials >= 0, f"study.n_trials={self.n_trials} must be >= 0")
+        require(self.workers >= 1, f"study.workers={self.workers} must be >= 1")
+        require(self.max_trials is None or self.max_trials >= 1, f"study.max_trials={self.max_trials} must be >= 1")
+        require(self.storage is None or self.storage.startswith(("sqlite:", "postgresql")),
+                f"study.storage={self.storage}: use postgresql://USER@HOST:PORT/DB (or sqlite:///path)")
+        require(self.sampler in samplers, f"study.sampler={self.sampler}: use one of {', '.join(samplers.names())}")
+        require(bool(self.rungs) and all(r >= 1 for r in self.rungs) and list(self.rungs) == sorted(set(self.rungs)),
+                f"study.rungs={list(self.rungs)} must be increasing epoch counts >= 1")
+        require(0.0 < self.promote <= 1.0, f"study.promote={self.promote} must be in (0, 1]")
+        require(list(self.latency_classes) == sorted(self.latency_classes) and all(c > 0 for c in self.latency_classes),
+                f"study.latency_classes={list(self.latency_classes)} must be increasing fractions of the budget")
+        require(self.reeval_top_k >= 0, f"study.reeval_top_k={self.reeval_top_k} must be >= 0")
+        require(self.reeval_seeds >= 1, f"study.reeval_seeds={self.reeval_seeds} must be >= 1")
+        require(self.batch_size >= 2, f"study.batch_size={self.batch_size} must be >= 2")
+        require(self.lr > 0, f"study.lr={self.lr} must be > 0")
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                f"study.device={self.device}: use auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -199,47 +253,78 @@ class PredictorSearchConfig:
     refit_every: int = 4  # new measurements between refits
 
     def __post_init__(self) -> None:
-        _require(self.z >= 0, f"predictor.z={self.z} must be >= 0")
-        _require(self.min_fit >= 3, f"predictor.min_fit={self.min_fit} must be >= 3")
-        _require(self.refit_every >= 1, f"predictor.refit_every={self.refit_every} must be >= 1")
+        require(self.z >= 0, f"predictor.z={self.z} must be >= 0")
+        require(self.min_fit >= 3, f"predictor.min_fit={self.min_fit} must be >= 3")
+        require(self.refit_every >= 1, f"predictor.refit_every={self.refit_every} must be >= 1")
+
+
+@dataclass
+class TrackingConfig:
+    """Where MLflow records runs: None for mlflow.db in workdir; http://HOST:5000 for a tracking server; or a
+    database URL."""
+
+    uri: str | None = None
 
 
 @dataclass
 class SearchConfig:
-    target: TargetConfig = field(default_factory=TargetConfig)
+    target: TargetConfig = MISSING
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    dataset: DatasetConfig = MISSING
     study: StudyConfig = field(default_factory=StudyConfig)
     predictor: PredictorSearchConfig = field(default_factory=PredictorSearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     budget_ms: float = 10.0
     workdir: str = "nas-workdir"
     format: str = "text"
+    # The export's model card lists the winner's latency under these CPU runtimes too (nas/runtimes.py), measured
+    # with the study's protocol when the study's target runs on this CPU; [] skips it.
+    card_runtimes: list[str] = field(default_factory=lambda: list(CPU_RUNTIMES))
+    overrides: list[str] = field(default_factory=list)  # what the command line set: filled in by the CLI
 
     def __post_init__(self) -> None:
-        _require(self.budget_ms > 0, f"budget_ms={self.budget_ms} must be a positive number of milliseconds")
-        _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+        require(self.budget_ms > 0, f"budget_ms={self.budget_ms} must be a positive number of milliseconds")
+        require(self.format in ("text", "json"), f"format={self.format} must be text or json")
 
 
 @dataclass
 class MeasureConfig:
-    target: TargetConfig = field(default_factory=TargetConfig)
+    target: TargetConfig = MISSING
     arch: str | None = None  # a reference name or an arch.json path
-    model: str | None = None  # an ONNX file
+    model: str | None = None  # an ONNX (or, for TFLite targets, .tflite) file
     num_classes: int = 1000
     workdir: str = "nas-workdir"
     format: str = "text"
+    overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require((self.arch is None) != (self.model is None),
-                 "nas measure needs exactly one of arch=NAME|arch.json or model=path/to/model.onnx")
-        _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+        require((self.arch is None) != (self.model is None),
+                "nas measure needs exactly one of arch=NAME|arch.json or model=path/to/model.onnx")
+        require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+
+
+@dataclass
+class RuntimesConfig:
+    """`nas runtimes arch=NAME`: one architecture under several runtimes of this CPU, with one protocol."""
+
+    target: TargetConfig = MISSING  # the shared protocol (threads, precision, warm-up, rounds, statistic)
+    arch: str = MISSING  # a reference name or an arch.json path
+    runtimes: list[str] = field(default_factory=lambda: list(CPU_RUNTIMES))  # target options (conf/target/)
+    num_classes: int = 1000
+    workdir: str = "nas-workdir"
+    format: str = "text"
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require(len(self.runtimes) > 0, "runtimes=[] names no runtime: e.g. runtimes=[cpu,openvino]")
+        require(self.format in ("text", "json"), f"format={self.format} must be text or json")
 
 
 @dataclass
 class PredictorCmdConfig:
     """`nas predictor fit` / `nas predictor eval`."""
 
-    target: TargetConfig = field(default_factory=TargetConfig)
+    target: TargetConfig = MISSING
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     kind: str = "kernel_sum"
     n_samples: int = 200
@@ -249,14 +334,15 @@ class PredictorCmdConfig:
     experiment: str = "nas-predictors"
     workdir: str = "nas-workdir"
     format: str = "text"
+    overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from nas.predictors.registry import PREDICTORS
+        from nas.predictors.registry import predictors
 
-        _require(self.kind in PREDICTORS, f"kind={self.kind} must be one of {sorted(PREDICTORS)}")
-        _require(self.n_samples >= 5, f"n_samples={self.n_samples} must be >= 5")
-        _require(self.num_classes >= 2, f"num_classes={self.num_classes} must be >= 2")
-        _require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+        require(self.kind in predictors, f"kind={self.kind} must be one of {', '.join(predictors.names())}")
+        require(self.n_samples >= 5, f"n_samples={self.n_samples} must be >= 5")
+        require(self.num_classes >= 2, f"num_classes={self.num_classes} must be >= 2")
+        require(self.format in ("text", "json"), f"format={self.format} must be text or json")
 
 
 @dataclass
@@ -270,25 +356,34 @@ class AgentConfig:
     request_timeout_s: float = 60.0  # to receive an upload
     measure_timeout_s: float = 600.0  # to answer a measurement, queue included; an overrun one is killed
     max_queue: int = 4  # requests that may wait behind the running measurement; more are answered 429
+    overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
-        _require(loopback or bool(self.token),
-                 f"host={self.host} exposes the agent beyond this machine: set token=SECRET (clients send it as "
-                 "target.token)")
-        _require(0 < self.port < 65536, f"port={self.port} must be in 1..65535")
-        _require(self.max_upload_mb > 0, f"max_upload_mb={self.max_upload_mb} must be > 0")
-        _require(self.max_queue >= 0, f"max_queue={self.max_queue} must be >= 0")
-        _require(self.measure_timeout_s > 0, f"measure_timeout_s={self.measure_timeout_s} must be > 0")
+        require(loopback or bool(self.token),
+                f"host={self.host} exposes the agent beyond this machine: set token=SECRET (clients send it as "
+                "target.token)")
+        require(0 < self.port < 65536, f"port={self.port} must be in 1..65535")
+        require(self.max_upload_mb > 0, f"max_upload_mb={self.max_upload_mb} must be > 0")
+        require(self.max_queue >= 0, f"max_queue={self.max_queue} must be >= 0")
+        require(self.measure_timeout_s > 0, f"measure_timeout_s={self.measure_timeout_s} must be > 0")
 
 
 def register_configs() -> None:
+    """Store the command schemas, and import the built-in parts and plugins so their configs are registered."""
+    import nas.accuracy.datasets
+    import nas.predictors.registry
+    import nas.samplers
+    import nas.search_spaces.factorized
+    import nas.targets  # noqa: F401  (each import registers built-in parts: targets, datasets, spaces, ...)
+    from nas.registry import load_plugins
+
     cs = ConfigStore.instance()
     cs.store(name="search_schema", node=SearchConfig)
     cs.store(name="measure_schema", node=MeasureConfig)
     cs.store(name="predictor_schema", node=PredictorCmdConfig)
     cs.store(name="agent_schema", node=AgentConfig)
-    cs.store(group="target", name="target_schema", node=TargetConfig)
+    cs.store(name="runtimes_schema", node=RuntimesConfig)
     cs.store(group="search_space", name="search_space_schema", node=SearchSpaceConfig)
-    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="study", name="study_schema", node=StudyConfig)
+    load_plugins()

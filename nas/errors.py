@@ -22,7 +22,7 @@ class DatasetError(NasError, ValueError):
 
 
 class TargetError(NasError, RuntimeError):
-    pass
+    """The target itself cannot be used (a missing runtime, an unreachable device): the command stops."""
 
 
 class NoFeasibleTrial(NasError):
@@ -33,8 +33,13 @@ class StudyNotFound(NasError):
     pass
 
 
-class CandidateFailed(Exception):
-    """One candidate could not be built, exported, measured or trained; the study goes on."""
+class CandidateFailed(NasError):
+    """One candidate could not be built, exported, converted, measured or trained: in a search its trial is
+    recorded as failed and the study goes on; in `nas measure` it is the command's one line."""
+
+
+class TrainingDiverged(CandidateFailed):
+    """The loss became NaN or infinite."""
 
 
 class StoreError(NasError):

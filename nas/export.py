@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nas import names
 from nas.build import build_model
-from nas.config import SearchConfig
+from nas.config import Precision, SearchConfig
 from nas.errors import NoFeasibleTrial
 from nas.latency import deploy_shape
+from nas.mlflow_model import register_export
 from nas.onnx_export import export_onnx
-from nas.records import TrialRecord, best_under_budget, fastest
+from nas.records import TrialRecord, fastest
+from nas.reeval import Reevaluation, pick, ranked
+from nas.runtimes import card_runtimes, card_runtimes_md
+from nas.targets.base import targets
+from nas.timm_module import module_source, timm_name
+from nas.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,10 @@ def bundle_name(target: str, budget_ms: float) -> str:
 
 
 def choose(records: list[TrialRecord], budget_ms: float, statistic: str) -> TrialRecord:
-    best = best_under_budget(records, budget_ms)
-    if best is not None:
-        return best
+    """Without re-evaluations: the best feasible trial at the highest fidelity reached; else why there is none."""
+    best = ranked(records, budget_ms)
+    if best:
+        return best[0]
     quick = fastest(records)
     skipped = [r for r in records if r.state == "skipped" and "predicted_ms" in r.attrs]
     if quick is None and skipped:  # a search ran, but every candidate was predicted surely over the budget
@@ -77,21 +85,29 @@ def timm_snippet(record: TrialRecord, num_classes: int) -> str:
 
 
 def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, Any], num_classes: int,
-                 out_dir: Path) -> ExportResult:
-    """Write the bundle for ``record`` into ``out_dir``, replacing an older one only once complete."""
+                 out_dir: Path, command: list[str], accuracy: dict[str, Any]) -> ExportResult:
+    """Write the bundle for ``record`` into ``out_dir``, replacing an older one only once complete. ``command``:
+    the overrides of the search that made the trial's study (the card's reproduce line)."""
     arch = record.arch
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is for the training team
     try:
         model = build_model(arch, num_classes=num_classes, seed=0)
-        export_onnx(model, deploy_shape(cfg.target, arch), tmp / "model.onnx", cfg.target.exporter,
-                    cfg.target.opset, fp16=cfg.target.precision == "fp16")
-        deployables = _deployables(cfg, model, deploy_shape(cfg.target, arch), tmp)
+        shape = deploy_shape(cfg.target, arch)
+        export_onnx(model, shape, tmp / "model.onnx", str(cfg.target.exporter), cfg.target.opset,
+                    fp16=cfg.target.precision == Precision.fp16)
+        backend = targets.get(cfg.target.backend).factory  # its class: no device is needed to write a bundle
+        deployables = backend.bundle_files(cfg.target, model, shape, tmp)
         arch_doc = {"arch": arch.to_dict(), "hash": arch.hash, "timm_block_strings": arch.block_strings(),
                     "family": arch.family}
         (tmp / "arch.json").write_text(json.dumps(arch_doc, indent=2))
-        card = {**_card(cfg, record, fingerprint, num_classes), **deployables}
+        timm = timm_name(cfg.target.name, cfg.budget_ms)
+        (tmp / names.TIMM_MODULE).write_text(module_source(arch, num_classes, timm, (
+            f"nas export {bundle_name(cfg.target.name, cfg.budget_ms)}: trial {record.number} of study "
+            f"{record.study}, within {cfg.budget_ms:g} ms {cfg.target.statistic} on target {cfg.target.name}.")))
+        card = {**_card(cfg, record, fingerprint, num_classes, command, backend.deploy_note(cfg.target)),
+                "accuracy": accuracy, names.TIMM_NAME: timm, **deployables}
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
         (tmp / "model_card.md").write_text(_card_md(card))
         if out_dir.exists():
@@ -108,36 +124,19 @@ def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, 
     return ExportResult(out_dir, record, card)
 
 
-def _deployables(cfg: SearchConfig, model: Any, shape: tuple[int, int, int, int], out: Path) -> dict[str, Any]:
-    """The TFLite file (and the Edge TPU compilation, where the compiler exists) for targets that run TFLite."""
-    if cfg.target.deploy_format != "tflite":
-        return {}
-    from nas.tflite_convert import to_tflite
-
-    name = f"model_{cfg.target.precision}.tflite"
-    conv = to_tflite(model, shape, out / name, cfg.target.precision)
-    doc: dict[str, Any] = {"tflite": {"file": name, **{k: v for k, v in conv.to_dict().items() if k != "path"},
-                                      "calibration": "seeded noise (the weights are random too): re-quantize the "
-                                                     "trained model with real images"}}
-    if cfg.target.runtime == "edgetpu":
-        from nas.targets.edgetpu_device import EdgeTpuUnavailable, compile_model, find_compiler
-
-        try:
-            report = compile_model(conv.path, out, find_compiler(cfg.target.edgetpu.compiler))
-            doc["edgetpu_compile"] = {k: v for k, v in report.to_dict().items() if k != "log"}
-            doc["edgetpu_compile"]["path"] = report.path.name
-        except EdgeTpuUnavailable as e:
-            doc["edgetpu_compile"] = f"not compiled here ({e}); on a machine with the compiler: edgetpu_compiler {name}"
-    return doc
+def predicted_note(fingerprint: dict[str, Any], r: TrialRecord) -> str:
+    band = r.latency.std / r.latency.mean if r.latency and r.latency.mean else float("nan")
+    return (f"PREDICTED, not measured: no Edge TPU was reachable, so this latency comes from the analytic Edge TPU "
+            f"model (predictors/edgetpu_model.py) calibrated on published Coral timings, for host "
+            f"{fingerprint.get('host', '?')} at the {fingerprint.get('clock', '?')} clock; its error band is about "
+            f"±{band:.0%} (the median leave-one-architecture-out error of such models); measure it on the device "
+            "before relying on it (nas measure target=edge_tpu target.edgetpu.mode=measure)")
 
 
-PREDICTED_NOTE = ("PREDICTED, not measured: no Edge TPU was reachable, so this latency comes from the analytic Edge "
-                  "TPU model (predictors/edgetpu.py) calibrated on Coral's published benchmarks; measure it on the "
-                  "device before relying on it (nas measure target=edge_tpu target.edgetpu.mode=measure)")
-
-
-def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    stat = cfg.target.statistic
+def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_classes: int, command: list[str],
+          deploy_note: str) -> dict[str, Any]:
+    stat = str(cfg.target.statistic)
+    epochs = r.attrs.get(names.FIDELITY, "?")
     source = r.latency.source if r.latency else "measured"
     return {
         "name": bundle_name(cfg.target.name, cfg.budget_ms),
@@ -146,59 +145,67 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "budget_ms": cfg.budget_ms,
         "budget_statistic": stat,
         "latency_source": source,
-        **({"latency_note": PREDICTED_NOTE} if source == "predicted" else {}),
-        "precision": cfg.target.precision,
-        "scope": cfg.target.scope,
+        **({"latency_note": predicted_note(fingerprint, r)} if source == "predicted" else {}),
+        "precision": str(cfg.target.precision),
+        "scope": str(cfg.target.scope),
         "latency_ms": r.latency.to_dict() if r.latency else {stat: r.latency_ms},
         "meets_budget": r.latency_ms <= cfg.budget_ms,
-        "accuracy_top1": r.accuracy,
-        "train_resolution": r.attrs.get("train_resolution"),
-        "accuracy_dataset": f"{cfg.dataset.name} at {r.attrs.get('train_resolution', '?')}px, "
-                            f"{cfg.study.epochs}-epoch proxy training (rank signal, not a final accuracy)"
-                            + ("; top-1 of the int8 model as deployed" if cfg.target.precision == "int8" else ""),
+        "accuracy_top1": r.accuracy,  # the search's figure, at the fidelity it reached; see "accuracy"
+        "train_resolution": r.attrs.get(names.TRAIN_RESOLUTION),
+        "accuracy_dataset": f"{cfg.dataset.name} at {r.attrs.get(names.TRAIN_RESOLUTION, '?')}px, "
+                            f"{epochs}-epoch proxy training (rank signal, not a final accuracy)"
+                            + ("; top-1 of the int8 model as deployed" if cfg.target.precision == Precision.int8
+                               else ""),
         "params": r.params,
         "macs": r.macs,
         "deploy_input_shape": list(deploy_shape(cfg.target, r.arch)),
         "num_classes": num_classes,
         "study": r.study,
         "trial": r.number,
-        "reference": r.attrs.get("reference"),
+        "reference": r.attrs.get(names.REFERENCE),
         "arch_hash": r.arch.hash,
         "timm_block_strings": r.arch.block_strings(),
         "build": timm_snippet(r, num_classes),
-        "reproduce": reproduce_command(cfg),
+        "reproduce": reproduce_command(command),
         "weights": "model.onnx carries seeded random weights: it is the architecture at the deployment shape, "
-                   "to be trained by the training team"
-                   + _quantization_note(cfg),
+                   "to be trained by the training team" + deploy_note,
+        "runtimes": card_runtimes(cfg, r.arch, num_classes),
     }
 
 
-def _quantization_note(cfg: SearchConfig) -> str:
-    if cfg.target.deploy_format == "tflite":
-        p = cfg.target.precision
-        return (f"; the latency is that of its {p} TFLite form (model_{p}.tflite: litert-torch + "
-                "ai-edge-quantizer), so convert the trained model the same way "
-                "(nas.tflite_convert.to_tflite with real calibration images)")
-    if cfg.target.precision == "int8":
-        return ("; the latency was measured on its int8 QDQ form (ONNX Runtime static quantization), so quantize the "
-                "trained model the same way")
-    return ""
+def reproduce_command(overrides: list[str]) -> str:
+    """The search as it was run: exactly the overrides Hydra received (quoted for a POSIX shell)."""
+    import shlex
+
+    return " ".join(["nas search", *(shlex.quote(o) for o in overrides)])
 
 
-def reproduce_command(cfg: SearchConfig) -> str:
-    args = [f"target={cfg.target.name}", f"search_space={cfg.search_space.name}", f"dataset={cfg.dataset.name}",
-            f"budget_ms={cfg.budget_ms:g}", f"study.n_trials={cfg.study.n_trials}", f"study.seed={cfg.study.seed}",
-            f"study.sampler={cfg.study.sampler}", f"study.epochs={cfg.study.epochs}"]
-    if cfg.dataset.path:
-        args.append(f"dataset.path={cfg.dataset.path}")
-    return "nas search " + " ".join(args)
+def _interval_md(lat: dict[str, Any], stat: str) -> str:
+    """The measurement's uncertainty, as the card states it: interval, rounds, settled or not."""
+    lo_hi = (lat.get("ci") or {}).get(stat)
+    if not lo_hi:
+        return ""
+    settled = "settled" if lat.get("settled", True) else "NOT settled within the time limit: treat with care"
+    return (f"; 95% interval {lo_hi[0]:.3f}-{lo_hi[1]:.3f} ms over {lat.get('rounds')} rounds, rounds spread "
+            f"{lat.get('round_spread', 0.0):.1%}, {settled}")
+
+
+def _accuracy_md(a: dict[str, Any]) -> str:
+    where = f"{a['dataset']}, {a['epochs']} epochs at {a['train_resolution']} px"
+    if a.get("std") is None:
+        return f"{a['mean']:.4f} (one run, {where}; not re-evaluated)"
+    tied = [t["label"] for t in a.get("tied", []) if t["mean"] != a["mean"]]
+    return (f"{a['mean']:.4f} ± {a['std']:.4f} (mean ± std over seeds {a['seeds']}, {where})"
+            + (f"; tied within one standard error with {', '.join(tied)}: the faster was chosen" if tied else ""))
 
 
 def _card_md(c: dict[str, Any]) -> str:
     lat = c["latency_ms"]
-    rows = "\n".join(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in lat.items())
+    rows = "\n".join(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in lat.items()
+                     if k != "ci")
     fp = "\n".join(f"- {k}: {v}" for k, v in c["fingerprint"].items())
     budget_stat = lat.get(c["budget_statistic"], float("nan"))
+    interval = _interval_md(lat, c["budget_statistic"])
     return f"""# {c['name']}: the most accurate searched model within {c['budget_ms']:g} ms ({c['budget_statistic']})
 
 Study `{c['study']}`, trial {c['trial']}{f" (timm's `{c['reference']}`)" if c['reference'] else ''}.
@@ -206,11 +213,13 @@ Latency is **{c['latency_source']}** on target `{c['target']}`; accuracy is a pr
 {f"{chr(10)}> **{c['latency_note']}**{chr(10)}" if c.get('latency_note') else ''}
 | | |
 |---|---|
-| top-1 (proxy) | {c['accuracy_top1']:.4f} |
-| latency {c['budget_statistic']} | {budget_stat:.3f} ms (budget {c['budget_ms']:g} ms) |
+| top-1 | {_accuracy_md(c['accuracy'])} |
+| latency {c['budget_statistic']} | {budget_stat:.3f} ms (budget {c['budget_ms']:g} ms){interval} |
 | parameters | {c['params']:,} |
 | MACs | {c['macs']:,} |
 | deployment input | {c['deploy_input_shape']} |
+
+{card_runtimes_md(c.get('runtimes', {}))}
 
 ## Latency statistics (ms)
 
@@ -243,3 +252,34 @@ Latency is **{c['latency_source']}** on target `{c['target']}`; accuracy is a pr
 {c['weights']}.
 Python {sys.version.split()[0]}.
 """
+
+
+def export_best(cfg: SearchConfig, records: list[TrialRecord], fingerprint: dict[str, Any], num_classes: int,
+                tracker: Tracker, run_id: str, command: list[str],
+                reevals: list[Reevaluation] | None = None) -> ExportResult:
+    """Write the budget's bundle and register it in MLflow as ``nas-<target>-<budget>ms``: the re-evaluated
+    winner when there are re-evaluations, else the best trial at the highest fidelity reached."""
+    if reevals:
+        winner, tied = pick(reevals)
+        record = winner.record
+        accuracy = {"figure": "re-evaluated", "mean": winner.mean, "std": winner.std, "se": winner.se,
+                    "seeds": sorted(winner.top1), "epochs": winner.epochs, "train_resolution": winner.resolution,
+                    "dataset": cfg.dataset.name, "rule": "best mean top-1; among candidates within one standard "
+                    "error of it, the fastest", "tied": [t.to_dict() for t in tied],
+                    "candidates": [r.to_dict() for r in reevals]}
+        tracker.log(run_id, {"export_top1_mean": winner.mean, "export_top1_std": winner.std})
+    else:
+        record = choose(records, cfg.budget_ms, str(cfg.target.statistic))
+        accuracy = {"figure": "search", "mean": record.accuracy, "std": None, "seeds": [],
+                    "epochs": record.attrs.get(names.FIDELITY), "dataset": cfg.dataset.name,
+                    "train_resolution": record.attrs.get(names.TRAIN_RESOLUTION),
+                    "note": "one training run, not re-evaluated (study.reeval_top_k=0): no spread is known"}
+    name = bundle_name(cfg.target.name, cfg.budget_ms)
+    fingerprint = {**fingerprint, "shape": list(deploy_shape(cfg.target, record.arch))}
+    result = write_bundle(cfg, record, fingerprint, num_classes, Path(cfg.workdir).resolve() / "exports" / name,
+                          command, accuracy)
+    tracker.log_artifact(run_id, result.path, f"export/{name}")
+    # The registered version is a real MLflow Model (ONNX + PyTorch flavours); the same seed as model.onnx.
+    register_export(tracker, run_id, record, result.path, result.card,
+                    build_model(record.arch, num_classes=num_classes, seed=0), f"nas-{name}")
+    return result

@@ -5,17 +5,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 
-from nas.accuracy.datasets import TensorSplits
+from nas.accuracy.datasets import Splits
 from nas.arch import Arch
 from nas.build import build_model, count_params
-from nas.config import TargetConfig
+from nas.config import Precision, TargetConfig
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import GraphStats, export_onnx, graph_stats
 from nas.targets.base import LatencyStats, Target
@@ -65,53 +65,38 @@ def measured_archs(cache: MeasurementCache, target: Target, num_classes: int) ->
     return archs, stats
 
 
-def measure_arch(arch: Arch, target: Target, cfg: TargetConfig, cache: MeasurementCache, onnx_path: Path,
-                 num_classes: int, data: TensorSplits | None = None) -> ArchLatency:
+def measure_arch(arch: Arch, target: Target, cache: MeasurementCache, scratch: Path, num_classes: int,
+                 data: Splits | None = None, lock: Callable[[], AbstractContextManager] | None = None
+                 ) -> ArchLatency:
     """Measured (or, for a predicting target, predicted) latency of ``arch``; from the cache when known.
 
-    The target's ``artifact`` says what it runs: the ONNX export (statically quantized first with
-    ``precision=int8`` on ONNX Runtime), or a TFLite conversion (int8 calibrated on ``data``). Without a dataset
-    calibration uses seeded noise: the scales change, the operators and so the latency do not.
+    The model is built and exported to ONNX at the deployment shape (the graph's size figures come from it); the
+    target then makes the file it runs (``prepare``: the ONNX itself, int8 QDQ, TFLite) and times it. Without a
+    dataset, int8 calibration uses seeded noise: the scales change, the operators and so the latency do not.
+    ``lock()`` is held while the file is timed (and only then): the host lock of a search's workers.
     """
+    cfg = target.cfg
     fp = setup_fingerprint(target, num_classes)
     hit = cache.get(arch.hash, fp)
     if hit is not None:
         stats, extra = hit
         return ArchLatency(stats, GraphStats(**extra["graph"]), cached=True, details=extra.get("details", {}))
-    artifact = getattr(target, "artifact", "onnx")
     t0 = time.perf_counter()
     model = build_model(arch, num_classes=num_classes)
     t1 = time.perf_counter()
     params = count_params(model)
     shape = deploy_shape(cfg, arch)
-    export_onnx(model, shape, onnx_path, cfg.exporter, cfg.opset, fp16=cfg.precision == "fp16")
+    onnx_path = export_onnx(model, shape, scratch / "candidate.onnx", str(cfg.exporter), cfg.opset,
+                            fp16=cfg.precision == Precision.fp16)
     t2 = time.perf_counter()
     # timm's parameter count (BatchNorm included), not the ONNX one (BatchNorm folded into convolutions).
     graph = replace(graph_stats(onnx.load(str(onnx_path))), params=params)
     t3 = time.perf_counter()
-    convert_s, details, model_path = 0.0, {}, onnx_path
-    if artifact == "tflite":
-        from nas.quantize import calibration_batches
-        from nas.tflite_convert import to_tflite
-
-        conv = to_tflite(model, shape, onnx_path.with_suffix(".tflite"), cfg.precision,
-                         calibration_batches(shape, data))
-        model_path, convert_s = conv.path, conv.seconds
-        details["conversion"] = {k: v for k, v in conv.to_dict().items() if k != "path"}
-    elif cfg.precision == "int8" and cfg.runtime in ("onnxruntime", "agent"):
-        from nas.quantize import calibration_batches, quantize_int8
-
-        model_path = quantize_int8(onnx_path, onnx_path.with_name("int8-" + onnx_path.name),
-                                   calibration_batches(shape, data))
-        convert_s = time.perf_counter() - t3
-    t3 = time.perf_counter()
-    stats = target.measure(model_path)
-    t4 = time.perf_counter()
-    for key in ("estimate_dict", "compile_dict"):  # what a target knows about how it got the figure
-        if callable(getattr(target, key, None)) and (value := getattr(target, key)()) is not None:
-            details[key.removesuffix("_dict")] = value
-    cache.put(arch.hash, fp, stats, {"graph": graph.__dict__, "arch": arch.to_dict(), "details": details})
-    timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2 - convert_s, "quantize": convert_s,
-               "measure": t4 - t3}
-    timings.update(getattr(target, "last_timings", {}))  # a target may split session set-up from timing
-    return ArchLatency(stats, graph, cached=False, timings=timings, details=details)
+    prepared = target.prepare(model, onnx_path, shape, data)
+    with lock() if lock is not None else nullcontext():
+        m = target.measure(prepared.path)
+    details = {**prepared.details, **m.details}
+    cache.put(arch.hash, fp, m.stats, {"graph": graph.__dict__, "arch": arch.to_dict(), "details": details})
+    timings = {"build": t1 - t0, "export": t2 - t1, "graph": t3 - t2, "prepare": prepared.seconds,
+               "measure": time.perf_counter() - t3 - prepared.seconds, **m.timings}
+    return ArchLatency(m.stats, graph, cached=False, timings=timings, details=details)

@@ -14,6 +14,8 @@ import onnx
 import torch
 from onnx import shape_inference
 
+from nas.errors import CandidateFailed, first_line
+
 
 def export_onnx(model: torch.nn.Module, shape: tuple[int, ...], path: Path, exporter: str = "legacy",
                 opset: int = 17, fp16: bool = False) -> Path:
@@ -28,10 +30,14 @@ def export_onnx(model: torch.nn.Module, shape: tuple[int, ...], path: Path, expo
         model, x = model.half(), x.half()
     if exporter == "dynamo":
         opset = max(opset, 18)  # the dynamo exporter's down-conversion below 18 fails on these models
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=exporter == "dynamo", opset_version=opset,
-                          input_names=["input"], output_names=["logits"], external_data=False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=exporter == "dynamo", opset_version=opset,
+                              input_names=["input"], output_names=["logits"], external_data=False)
+    except Exception as e:  # the exporters raise many types (an opset they cannot target, an unsupported op)
+        tmp.unlink(missing_ok=True)
+        raise CandidateFailed(f"ONNX export failed: {type(e).__name__}: {first_line(e)}") from None
     os.replace(tmp, path)
     return path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nas import names
 from nas.records import TrialRecord, pareto_front
 
 
@@ -25,13 +26,12 @@ def _png(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    others = [r for r in done if r not in front and not r.attrs.get("cut_off")]
-    cut = [r for r in done if r not in front and r.attrs.get("cut_off")]
-    ax.scatter([r.latency_ms for r in others], [r.accuracy for r in others], s=22, c="#9aa5b1",
-               label="trials")
-    if cut:
-        ax.scatter([r.latency_ms for r in cut], [r.accuracy for r in cut], s=26, c="#9aa5b1", marker="x",
-                   label="training cut off early")
+    others = [r for r in done if r not in front]
+    # Accuracy figures of different fidelities (rungs) are not the same quantity: each rung its own marker.
+    for i, epochs in enumerate(sorted({_fidelity(r) for r in others})):
+        group = [r for r in others if _fidelity(r) == epochs]
+        ax.scatter([r.latency_ms for r in group], [r.accuracy for r in group], s=14 + 10 * i, c="#9aa5b1",
+                   marker="os^Dv"[i % 5], label=f"trials, top-1 after {epochs} epoch(s)")
     ax.plot([r.latency_ms for r in front], [r.accuracy for r in front], "-o", c="#d9480f", ms=6,
             label="Pareto front")
     refs = sorted((r for r in done if r.attrs.get("reference")), key=lambda r: r.latency_ms)
@@ -40,7 +40,7 @@ def _png(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat:
                     xytext=(5, 6 if i % 2 == 0 else -12), fontsize=8)
     ax.axvline(budget, ls="--", c="#1c7ed6", label=f"budget {budget:g} ms")
     ax.set_xlabel(f"latency {stat} (ms)")
-    ax.set_ylabel("top-1 accuracy (proxy)")
+    ax.set_ylabel("top-1 at the fidelity each trial reached")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -55,7 +55,8 @@ def _html(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat
     import plotly.graph_objects as go
 
     def hover(r: TrialRecord) -> str:
-        return (f"trial {r.number} {r.label}<br>acc {r.accuracy:.3f}<br>{stat} {r.latency_ms:.2f} ms"
+        return (f"trial {r.number} {r.label}<br>acc {r.accuracy:.3f} after {_fidelity(r)} epoch(s)"
+                f"<br>{stat} {r.latency_ms:.2f} ms"
                 f"<br>params {r.params or 0:,}<br>MACs {r.macs or 0:,}")
 
     fig = go.Figure()
@@ -69,12 +70,17 @@ def _html(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat
     fig.add_scatter(x=[r.latency_ms for r in refs], y=[r.accuracy for r in refs], mode="text",
                     text=[r.attrs["reference"] for r in refs], textposition="top right", name="references")
     fig.add_vline(x=budget, line_dash="dash", line_color="#1c7ed6", annotation_text=f"budget {budget:g} ms")
-    fig.update_layout(title=title, xaxis_title=f"latency {stat} (ms)", yaxis_title="top-1 accuracy (proxy)",
+    fig.update_layout(title=title, xaxis_title=f"latency {stat} (ms)",
+                      yaxis_title="top-1 at the fidelity each trial reached",
                       template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
 
 
+def _fidelity(r: TrialRecord) -> int | str:
+    return r.attrs.get(names.FIDELITY, "?")
+
+
 def front_json(records: list[TrialRecord]) -> str:
-    return json.dumps([{"trial": r.number, "label": r.label, "accuracy": r.accuracy, "latency_ms": r.latency_ms}
-                       for r in pareto_front(records)], indent=2)
+    return json.dumps([{"trial": r.number, "label": r.label, "accuracy": r.accuracy, "fidelity_epochs": _fidelity(r),
+                        "latency_ms": r.latency_ms} for r in pareto_front(records)], indent=2)

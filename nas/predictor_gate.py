@@ -53,9 +53,7 @@ class PriorCorrection:
 @dataclass
 class GateStats:
     skipped: int = 0
-    measured_with_prediction: int = 0
-    abs_rel_errors: list[float] = field(default_factory=list)
-    refits: int = 0
+    abs_rel_errors: list[float] = field(default_factory=list)  # of predictions later measured
 
 
 class PredictorGate:
@@ -70,10 +68,11 @@ class PredictorGate:
         self.n_fit = 0
         self.new_measurements = 0
         self.stats = GateStats()
+        self.note = ""  # said once by the search: why a fitted predictor file was not used
         # A target that predicts its own latencies needs no gate; one with an analytic prior (an Edge TPU
         # attached) gates with the prior, corrected by what the device measures.
-        self.active = cfg.enabled and not getattr(target, "predicted", False)
-        self.prior = PriorCorrection(target.model.rel_error) if callable(getattr(target, "prior_ms", None)) else None
+        self.active = cfg.enabled and not target.predicted
+        self.prior = PriorCorrection(target.prior_error) if self.active and target.has_prior else None
         if self.prior is not None:
             self.source = "analytic model x device correction"
             self._fit_prior()
@@ -83,11 +82,16 @@ class PredictorGate:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     predictor, doc = load_predictor(predictor_file, target.fingerprint())
-                if doc.get("num_classes") == num_classes and not caught:
+                if caught:
+                    self.note = f"latency predictor {predictor_file.name} not used: {caught[0].message}"
+                elif doc.get("num_classes") != num_classes:
+                    self.note = (f"latency predictor {predictor_file.name} not used: it was fitted for "
+                                 f"{doc.get('num_classes')} classes, this search has {num_classes}")
+                else:
                     self.predictor, self.source = predictor, f"fitted ({predictor_file.name})"
                     self.n_fit = int(doc.get("n_fit", 0))
-            except PredictorError:
-                pass  # an unreadable file: fit online instead
+            except PredictorError as e:
+                self.note = f"latency predictor not used: {e}; fitting one online instead"
         if self.predictor is None:
             self.refit()
 
@@ -96,7 +100,6 @@ class PredictorGate:
                  for extra, s in self.cache.rows(setup_fingerprint(self.target, self.num_classes))
                  if (extra.get("details") or {}).get("estimate")]
         self.prior.fit(pairs)
-        self.stats.refits += 1
 
     def refit(self) -> None:
         """Fit a kernel-sum predictor on every measurement of this set-up (never fewer points than it had)."""
@@ -104,15 +107,15 @@ class PredictorGate:
         if len(archs) < max(self.cfg.min_fit, self.n_fit + 1):
             return
         y = np.array([s.value(self.statistic) for s in stats])
-        self.predictor = KernelSumPredictor(num_classes=self.num_classes).fit(archs, y)
+        u = np.array([s.rel_halfwidth(self.statistic) for s in stats])
+        self.predictor = KernelSumPredictor(num_classes=self.num_classes).fit(archs, y, u)
         self.source, self.n_fit = f"online ({len(archs)} measurements)", len(archs)
-        self.stats.refits += 1
 
     def predict(self, arch: Arch, protect: bool = False) -> Prediction | None:
         if not self.active:
             return None
         if self.prior is not None:
-            m, s = self.prior.apply(self.target.prior_ms(arch, self.num_classes))
+            m, s = self.prior.apply(self.target.prior_ms(arch, self.num_classes) or 0.0)
             return Prediction(m, s, skip=not protect and m - self.cfg.z * s > self.budget_ms)
         if self.predictor is None:
             return None
@@ -122,7 +125,6 @@ class PredictorGate:
 
     def observe(self, prediction: Prediction | None, measured_ms: float, cached: bool) -> None:
         if prediction is not None:
-            self.stats.measured_with_prediction += 1
             self.stats.abs_rel_errors.append(abs(prediction.mean_ms - measured_ms) / measured_ms)
         if not cached and self.active:
             self.new_measurements += 1

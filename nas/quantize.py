@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from nas.accuracy.datasets import TensorSplits
+from nas.accuracy.datasets import Splits
+from nas.errors import CandidateFailed, first_line
 from nas.onnx_export import export_onnx
 
 logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
@@ -27,14 +28,14 @@ class _Batches(CalibrationDataReader):
         return next(self._it, None)
 
 
-def calibration_batches(shape: tuple[int, ...], data: TensorSplits | None, n_batches: int = 8,
+def calibration_batches(shape: tuple[int, ...], data: Splits | None, n_batches: int = 8,
                         seed: int = 0) -> list[np.ndarray]:
     """``n_batches`` inputs of ``shape`` from the dataset's training images (resized), or seeded noise without one."""
     b, _, h, w = shape
     if data is None:
         rng = np.random.default_rng(seed)
         return [rng.standard_normal(shape).astype(np.float32) for _ in range(n_batches)]
-    x = data.x_train[: b * n_batches]
+    x = torch.from_numpy(data.calibration(b * n_batches))
     if x.shape[-2:] != (h, w):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
     x = x.numpy().astype(np.float32)
@@ -49,14 +50,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: list[np.ndarray]) ->
     ort.set_default_logger_severity(3)
     name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     tmp = out_path.with_name(out_path.name + ".tmp.onnx")
-    quantize_static(str(fp32_path), str(tmp), _Batches(name, batches), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    try:
+        quantize_static(str(fp32_path), str(tmp), _Batches(name, batches), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    except Exception as e:  # ONNX Runtime's quantizer raises many types on graphs it cannot handle
+        tmp.unlink(missing_ok=True)
+        raise CandidateFailed(f"int8 quantization failed: {type(e).__name__}: {first_line(e)}") from None
     tmp.replace(out_path)
     return out_path
 
 
-def int8_top1(model: torch.nn.Module, data: TensorSplits, batch_size: int) -> float:
+def int8_top1(model: torch.nn.Module, data: Splits, batch_size: int) -> float:
     """Top-1 on the validation split of the trained model after int8 quantization, run by ONNX Runtime."""
     import onnxruntime as ort
 
@@ -66,8 +71,8 @@ def int8_top1(model: torch.nn.Module, data: TensorSplits, batch_size: int) -> fl
                           calibration_batches((1, 3, data.resolution, data.resolution), data, n_batches=64))
         sess = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
-        x = data.x_val.numpy().astype(np.float32)
+        x, y = data.validation_arrays()
         correct = 0
         for i in range(len(x)):  # the export is batch-1, as deployed
-            correct += int(sess.run(None, {name: x[i:i + 1]})[0].argmax() == int(data.y_val[i]))
+            correct += int(sess.run(None, {name: x[i:i + 1]})[0].argmax() == int(y[i]))
     return correct / len(x)

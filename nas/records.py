@@ -7,8 +7,10 @@ from typing import Any
 
 import optuna
 
+from nas import names
 from nas.arch import Arch
 from nas.targets.base import LatencyStats
+from nas.workers import WORKER_DIED
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class TrialRecord:
 
     @property
     def label(self) -> str:
-        return self.attrs.get("reference") or (self.arch.hash[:8] if self.arch else f"#{self.number}")
+        return self.attrs.get(names.REFERENCE) or (self.arch.hash[:8] if self.arch else f"#{self.number}")
 
     def feasible(self, budget_ms: float) -> bool:
         return self.state == "complete" and self.latency_ms is not None and self.latency_ms <= budget_ms
@@ -45,8 +47,8 @@ _STATES = {
 
 def record_of(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
     a = t.user_attrs
-    arch = Arch.from_dict(a["arch"]) if "arch" in a else None
-    lat = LatencyStats.from_dict(a["latency"]) if "latency" in a else None
+    arch = Arch.from_dict(a[names.ARCH]) if names.ARCH in a else None
+    lat = LatencyStats.from_dict(a[names.LATENCY]) if names.LATENCY in a else None
     complete = t.state == optuna.trial.TrialState.COMPLETE
     return TrialRecord(
         study=study_name,
@@ -54,12 +56,12 @@ def record_of(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
         state=_STATES.get(t.state, str(t.state)),
         arch=arch,
         accuracy=t.values[0] if complete and t.values else None,
-        latency_ms=t.values[1] if complete and t.values else a.get("latency_ms"),
+        latency_ms=t.values[1] if complete and t.values else a.get(names.LATENCY_MS),
         latency=lat,
-        params=a.get("params"),
-        macs=a.get("macs"),
-        run_id=a.get("mlflow_run_id"),
-        reason=a.get("fail_reason"),
+        params=a.get(names.PARAMS),
+        macs=a.get(names.MACS),
+        run_id=a.get(names.RUN_ID),
+        reason=a.get(names.FAIL_REASON) or (WORKER_DIED if t.state == optuna.trial.TrialState.FAIL else None),
         attrs=dict(a),
     )
 

@@ -9,10 +9,12 @@ a half-made schema breaks every later open), so whatever creates or migrates a s
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from nas.errors import StoreError, first_line
 
@@ -65,3 +67,80 @@ def check_stores(workdir: Path, names: tuple[str, ...] = tuple(STORE_FILES)) -> 
     """Check every existing store of ``workdir`` before a command writes to any of them."""
     for name in names:
         check_sqlite(workdir / name)
+
+
+# -- stores behind URLs ------------------------------------------------------------------------------------------
+def study_storage_url(storage: str | None, workdir: Path) -> str:
+    """``study.storage``, or the SQLite file in ``workdir`` (the default: one laptop)."""
+    return storage or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+
+
+def cache_url(storage_url: str, workdir: Path) -> str:
+    """The measurement cache lives beside the study: a table in the same server database, or its own SQLite file."""
+    return storage_url if not storage_url.startswith("sqlite") else \
+        f"sqlite:///{(workdir / 'measurements.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced, for messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def engine_for(url: str) -> Any:
+    """A SQLAlchemy engine for ``url`` (SQLite waits up to a minute for another process's write lock)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        if url.startswith("sqlite"):
+            return create_engine(url, connect_args={"timeout": 60})
+        return create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        hint = " (pip install '.[postgres]' for postgresql:// URLs)" if "psycopg" in str(e) or \
+            isinstance(e, NoSuchModuleError | ImportError) else ""
+        raise StoreError(f"study.storage={redact(url)} cannot be used: {first_line(e)}{hint}") from None
+
+
+def probe(url: str, what: str) -> None:
+    """Connect once, so that a wrong URL or a server that is down is one line naming what was tried."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot reach {what} at {redact(url)}: {first_line(e.orig if hasattr(e, 'orig') else e)}"
+                         ) from None
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def setup_lock(url: str, workdir: Path) -> Iterator[None]:
+    """Held while a worker creates or opens a study, its parent run and its references: a file lock for the
+    SQLite default, a PostgreSQL advisory lock (held by one connection) for a shared study."""
+    if not url.startswith("postgresql"):
+        with workdir_lock(workdir):
+            yield
+        return
+    from sqlalchemy import text
+
+    engine = engine_for(url)
+    key = int(hashlib.sha256(b"nas-study-setup").hexdigest()[:15], 16)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.errors import CandidateFailed
+from nas.errors import CandidateFailed, first_line
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def to_tflite(model: torch.nn.Module, shape: tuple[int, int, int, int], path: Pa
                     os.replace(float_path, tmp)
             except Exception as e:
                 tail = [ln for ln in log.read_text(errors="replace").splitlines() if "rror" in ln][-1:]
-                first = (str(e).strip().splitlines() or [""])[0][:200]
+                first = first_line(e)[:200]
                 raise CandidateFailed(f"TFLite conversion failed: {type(e).__name__}: {first}"
                                       + (f" ({tail[0].strip()[:200]})" if tail else "")) from None
         agreement, rel = check_against(wrapped, tmp, nhwc[:n_check])
@@ -179,6 +179,7 @@ def tflite_top1(model: torch.nn.Module, data: Any, precision: str = "int8") -> t
     with tempfile.TemporaryDirectory(prefix="nas-tflite-acc-") as tmp:
         conv = to_tflite(model, shape, Path(tmp) / "model.tflite", precision, calibration_batches(shape, data, 64))
         it = interpreter(conv.path)
-        x = data.x_val.numpy().astype(np.float32).transpose(0, 2, 3, 1)
-        correct = sum(int(run_float(it, x[i:i + 1]).argmax() == int(data.y_val[i])) for i in range(len(x)))
+        x, y = data.validation_arrays()
+        x = x.transpose(0, 2, 3, 1)
+        correct = sum(int(run_float(it, x[i:i + 1]).argmax() == int(y[i])) for i in range(len(x)))
     return correct / len(x), conv

@@ -4,39 +4,74 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-for _name in ("alembic", "mlflow", "mlflow.store", "mlflow.tracking"):
+# mlflow.pytorch warns on every pickled model: the export pickles on purpose (see nas/mlflow_model.py).
+for _name in ("alembic", "mlflow", "mlflow.store", "mlflow.tracking", "mlflow.pytorch"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per bundle file otherwise
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from nas import names  # noqa: E402
 from nas.stores import workdir_lock  # noqa: E402
 
 STUDY_TAG = "nas.study"
 
 
-def tracking_uri(workdir: Path) -> str:
-    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+def tracking_uri(workdir: Path, uri: str | None = None) -> str:
+    """``tracking.uri``, or the SQLite file in ``workdir`` (the default)."""
+    return uri or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def _reachable(uri: str) -> None:
+    """An MLflow tracking server that does not answer is one line, not minutes of retries and a traceback."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from nas.errors import StoreError
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+    except requests.RequestException as e:
+        raise StoreError(f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); start it with "
+                         "`mlflow server`, or leave tracking.uri unset for mlflow.db in the workdir") from None
 
 
 class Tracker:
     """A thin, explicit wrapper over ``MlflowClient`` (no global active-run state)."""
 
-    def __init__(self, workdir: Path, experiment: str) -> None:
-        self.uri = tracking_uri(workdir)
+    def __init__(self, workdir: Path, experiment: str, uri: str | None = None) -> None:
+        self.uri = tracking_uri(workdir, uri)
+        _reachable(self.uri)
         # Schema creation and migration (tracking and registry stores) must not run in two processes at once.
         with workdir_lock(workdir):
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
-                artifacts = (workdir / "mlartifacts").resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+                # A tracking server keeps its own artifact store; a local store puts them beside mlflow.db.
+                artifacts = None if self.uri.startswith("http") else (workdir / "mlartifacts").resolve().as_uri()
+                try:
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=artifacts,
+                        tags={names.EXPERIMENT_KIND: names.EXPERIMENT_KIND_TRAINING})
+                except MlflowException as e:  # another worker on another machine made it a moment ago
+                    if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                        raise
+                    self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
             else:
                 self.experiment_id = exp.experiment_id
+                if names.EXPERIMENT_KIND not in exp.tags:  # an older workdir; a kind chosen in the UI is kept
+                    self.client.set_experiment_tag(self.experiment_id, names.EXPERIMENT_KIND,
+                                                   names.EXPERIMENT_KIND_TRAINING)
             self.client.search_registered_models(max_results=1)
 
     def find_study_run(self, study_name: str) -> str | None:
@@ -93,14 +128,55 @@ class Tracker:
             self.log(run_id, tags={"state": "failed", "fail_reason": reason, "feasible": "false", "pareto": "false"})
             self.end(run_id, "FAILED")
 
-    def register(self, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> str:
-        """Register the logged bundle as a new version of model ``name``; returns the version."""
-        from mlflow.exceptions import MlflowException
+    def describe(self, run_id: str, text: str) -> None:
+        """The run's description (Markdown, shown above its details in the UI)."""
+        self.client.set_tag(run_id, names.NOTE, text)
 
+    def describe_experiment(self, text: str) -> None:
+        if self.client.get_experiment(self.experiment_id).tags.get(names.NOTE) != text:
+            self.client.set_experiment_tag(self.experiment_id, names.NOTE, text)
+
+    def log_table(self, run_id: str, columns: dict[str, list[Any]], name: str) -> None:
+        """A table artifact, replaced on each call: the JSON and tag of MLflow's ``log_table`` (which the UI shows
+        as a table), without its appending to an existing file (a resumed study would list its front twice)."""
+        import json
+
+        rows = [list(r) for r in zip(*columns.values(), strict=True)]
+        self.client.log_text(run_id, json.dumps({"columns": list(columns), "data": rows}), name)
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(names.LOGGED_ARTIFACTS, "[]"))
+        if (entry := {"path": name, "type": "table"}) not in logged:
+            self.client.set_tag(run_id, names.LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+
+    def log_model(self, run_id: str, name: str, tags: dict[str, str], write: Callable[[Path, str], None]) -> str:
+        """Log an MLflow Model as an MLflow 3 logged model of ``run_id`` (listed on the run and the experiment's
+        Models tab). ``write(path, model_id)`` saves the model's folder; returns the model id."""
+        model = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id, tags=tags)
         try:
-            self.client.create_registered_model(name)
-        except MlflowException:
-            pass  # already registered: add a version
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+            with tempfile.TemporaryDirectory(prefix="nas-mlmodel-") as tmp:
+                path = Path(tmp) / "model"
+                write(path, model.model_id)
+                self.client.log_model_artifacts(model.model_id, str(path))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model.model_id
+
+    def register(self, name: str, model_id: str, run_id: str, tags: dict[str, str], description: str,
+                 model_description: str, alias: str) -> str:
+        """A new version of registered model ``name`` from a logged model, with ``alias`` moved to it; returns the
+        version."""
+        try:
+            self.client.create_registered_model(name, description=model_description)
+        except MlflowException as e:
+            if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            self.client.update_registered_model(name, description=model_description)
+        # The logged model's own location as source: a `models:/<id>` source makes MLflow's SQL registry look the
+        # model up through the global tracking URI, which this explicit client never sets.
+        source = self.client.get_logged_model(model_id).artifact_location
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags,
+                                              description=description, model_id=model_id)
+        self.client.set_registered_model_alias(name, alias, mv.version)
         return mv.version

@@ -71,13 +71,13 @@ def save_predictor(predictor: LatencyPredictor, path: Path, fingerprint: dict[st
 
 def load_predictor(path: Path, fingerprint: dict[str, Any] | None = None) -> tuple[LatencyPredictor, dict]:
     """Load a predictor file; warns when it was made for another target set-up or other library versions."""
-    from nas.predictors.registry import PREDICTORS
+    from nas.predictors.registry import predictors
 
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise PredictorError(f"cannot read predictor {path}: {e}") from None
-    if doc.get("format") != "nas-latency-predictor" or doc.get("kind") not in PREDICTORS:
+    if doc.get("format") != "nas-latency-predictor" or doc.get("kind") not in predictors:
         raise PredictorError(f"{path} is not a nas latency predictor file")
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise PredictorError(f"{path} has format version {doc['format_version']}; this nas reads up to "
@@ -91,4 +91,4 @@ def load_predictor(path: Path, fingerprint: dict[str, Any] | None = None) -> tup
     changed = {k: (v, now.get(k)) for k, v in doc.get("versions", {}).items() if now.get(k) != v}
     if changed:
         doc["version_changes"] = changed  # informational: the file format does not depend on them
-    return PREDICTORS[doc["kind"]].from_state(doc["state"]), doc
+    return predictors.get(doc["kind"]).factory.from_state(doc["state"]), doc

@@ -30,10 +30,15 @@ class KernelSumPredictor:
         self.min_full = min_full  # measurements needed before all per-kernel features are used
 
     # -- fitting --------------------------------------------------------------------------------------------
-    def fit(self, archs: list[Arch], latencies_ms: np.ndarray) -> KernelSumPredictor:
+    def fit(self, archs: list[Arch], latencies_ms: np.ndarray,
+            uncertainty: np.ndarray | None = None) -> KernelSumPredictor:
+        """``uncertainty``: each measurement's relative half-width (its interval); a looser figure weighs less."""
         y = np.asarray(latencies_ms, dtype=np.float64)
         if len(archs) != len(y) or len(y) < 3:
             raise ValueError(f"fit needs at least 3 archs with one latency each, got {len(archs)} and {len(y)}")
+        u = np.zeros(len(y)) if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
+        # Weight 1 for a figure as tight as the 3% tolerance or tighter, less as its interval widens.
+        self.weights_ = 1.0 / np.maximum(u / 0.03, 1.0)
         names = FEATURE_NAMES if len(y) >= self.min_full else COMPACT
         self.columns_ = np.array([FEATURE_NAMES.index(n) for n in names])
         x = features_matrix(archs, self.num_classes)[:, self.columns_]
@@ -42,19 +47,20 @@ class KernelSumPredictor:
         coefs, oob_rel = [], []
         for _ in range(self.n_members):
             idx = rng.integers(0, len(y), len(y))
-            coefs.append(self._solve(x[idx], y[idx]))
+            coefs.append(self._solve(x[idx], y[idx], self.weights_[idx]))
             out = np.setdiff1d(np.arange(len(y)), idx)
             if len(out):
                 oob_rel.extend((self._apply(x[out], coefs[-1]) - y[out]) / y[out])
         self.coefs_ = np.array(coefs)
-        self.full_coef_ = self._solve(x, y)
+        self.full_coef_ = self._solve(x, y, self.weights_)
         self.noise_rel_ = float(np.std(oob_rel)) if oob_rel else 0.05
         return self
 
-    def _solve(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        # Weight rows by 1/y: minimise relative error, as the budget decision is relative.
-        xs = np.hstack([x / self.scale_, np.ones((len(x), 1))]) / y[:, None]
-        w, _ = nnls(xs, np.ones(len(y)), maxiter=50 * xs.shape[1])
+    def _solve(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        # Weight rows by 1/y: minimise relative error, as the budget decision is relative; and by how sure each
+        # measurement is.
+        xs = np.hstack([x / self.scale_, np.ones((len(x), 1))]) / y[:, None] * weights[:, None]
+        w, _ = nnls(xs, weights, maxiter=50 * xs.shape[1])
         return w
 
     def _apply(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:

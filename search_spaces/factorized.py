@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from nas.arch import Arch, Block
 from nas.config import SearchSpaceConfig
 from nas.errors import ConfigError
+from nas.registry import Registry
 from nas.search_spaces.references import reference_archs
 
 
@@ -29,6 +30,11 @@ class _Stage:
     act: tuple[str, ...]
 
 
+# A search space is a class built from its config: ``sample(trial)``, ``references()``, ``contains(arch)``.
+spaces: Registry[type] = Registry("search space")
+
+
+@spaces.register("factorized")
 class FactorizedSpace:
     """``sample(trial) -> Arch``, ``references()``, ``contains(arch)``, ``params_of(arch)``."""
 
@@ -143,4 +149,5 @@ class _Extreme:
 
 
 def make_space(cfg: SearchSpaceConfig) -> FactorizedSpace:
-    return FactorizedSpace(cfg)
+    """The registered space implementation ``cfg.kind`` (the factorized one for the shipped YAMLs)."""
+    return spaces.get(cfg.kind).factory(cfg)

@@ -58,7 +58,7 @@ def small_model(tmp_path_factory):
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-QUICK = {"warmup": 1, "repeats": 10, "rounds": 2, "round_pause_s": 0}
+QUICK = {"warmup": 1, "repeats": 10, "rounds": 2, "round_pause_s": 0, "tolerance": 0, "drift_tolerance": 0}
 
 
 def test_measures_an_uploaded_model(agent, small_model):

@@ -112,7 +112,7 @@ def test_overrunning_measurement_is_killed_and_frees_the_device(limited, small_m
 
 @pytest.mark.parametrize(("params", "name"), [
     ({"precision": "bogus"}, "precision"),
-    ({"precision": "fp16", "format": "tflite"}, "precision"),
+    ({"precision": "fp16", "runtime": "litert"}, "precision"),
     ({"colour": "red"}, "colour"),
     ({"round_pause_s": "nan"}, "round_pause_s"),
     ({"round_pause_s": "inf"}, "round_pause_s"),

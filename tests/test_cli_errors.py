@@ -12,7 +12,9 @@ from tests.conftest import run_nas
         ("budget_ms=abc", "budget_ms"),
         ("target=nope", "target/nope"),
         ("foo=1", "foo"),
-        ("target.statistic=p42", "target.statistic=p42 must be one of"),
+        ("target.statistic=p42", "target.statistic: Invalid value 'p42', expected one of [p50, p90"),
+        ("target.precision=fp64", "target.precision: Invalid value 'fp64'"),
+        ("target=nope", "Available options in 'target': cpu, cuda, edge_tpu, openvino, remote, tflite_cpu, tvm"),
         ("study.sampler=grid", "study.sampler=grid"),
     ],
 )

@@ -4,10 +4,9 @@ import onnxruntime as ort
 import pytest
 
 from nas.agent.server import gpu_status
-from nas.config import TargetConfig
 from nas.errors import TargetError
 from nas.targets.gpu import clash, load_failure, unloaded_gpu_providers
-from nas.targets.ort import OnnxRuntimeTarget
+from nas.targets.ort import OnnxRuntimeTarget, OrtConfig
 from tests.conftest import last_json, run_nas
 
 CUDA_BUILD = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -18,7 +17,7 @@ def _cuda_problem() -> str | None:
     if not CUDA_BUILD:
         return "no CUDA execution provider (CPU-only onnxruntime)"
     try:
-        OnnxRuntimeTarget(TargetConfig(name="cuda", providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+        OnnxRuntimeTarget(OrtConfig(name="cuda", providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
     except TargetError as e:
         return str(e)
     return None

@@ -28,17 +28,38 @@ def test_edge_tpu_search_runs_end_to_end_and_says_latencies_are_predicted(tmp_pa
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.data.tags["latency_source"] == "predicted"
         assert "predicted_latency_p90_ms" in run.data.metrics and "latency_p90_ms" not in run.data.metrics
-        assert run.data.metrics["predicted_compute_ms"] > 0 and run.data.metrics["edgetpu_cpu_ops"] == 0
+        assert run.data.metrics["predicted_compute_ms"] > 0 and "edgetpu_cpu_ops" in run.data.metrics
+        # Hard-swish is not an Edge TPU op: a candidate using it runs part of its graph on the host CPU.
+        uses_hswish = "hard_swish" in json.dumps(t.user_attrs["arch"])
+        assert (run.data.metrics["edgetpu_cpu_ops"] > 0) == uses_hswish
     parent = client.get_run(study.trials[0].user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
     assert client.get_run(parent).data.tags["latency_source"] == "predicted"
 
     bundle = wd / "exports" / "edge_tpu-10ms"
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["latency_source"] == "predicted" and "PREDICTED, not measured" in card["latency_note"]
+    assert card["fingerprint"]["host"] == "desktop_usb3" and card["fingerprint"]["clock"] == "std"
+    assert "host desktop_usb3 at the std clock" in card["latency_note"] and "error band" in card["latency_note"]
     assert "PREDICTED, not measured" in (bundle / "model_card.md").read_text()
     assert "edgetpu_compiler" in card["edgetpu_compile"]  # not compiled here, and says how to
     it = interpreter(bundle / card["tflite"]["file"])  # the int8 TFLite file to compile for the device
     assert it.get_input_details()[0]["dtype"] == np.int8
+
+
+def test_edge_tpu_host_option(tmp_path):
+    res = run_nas("measure", "arch=mobilenetv2_100", "target=edge_tpu", "target.host=rpi9", f"workdir={tmp_path}")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "target.host=rpi9: use one of desktop_usb3, dev_board" in lines[0]
+    ms = {}
+    for host in ("desktop_usb3", "rpi3_usb2"):
+        out = run_nas("measure", "arch=efficientnet_b0", "target=edge_tpu", f"target.host={host}", "format=json",
+                      f"workdir={tmp_path}")
+        assert out.returncode == 0, out.stderr[-2000:]
+        doc = last_json(out.stdout)
+        assert doc["fingerprint"]["host"] == host
+        ms[host] = doc["latency_ms"]["p50"]
+    assert ms["rpi3_usb2"] > ms["desktop_usb3"]  # a USB 2.0 Pi 3 is slower than a desktop over USB 3.0
 
 
 def test_edge_tpu_candidate_predicted_over_budget_is_skipped_and_labelled(tmp_path):

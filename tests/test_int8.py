@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from nas.accuracy.datasets import load_dataset
 from nas.build import build_model
+from nas.config import DatasetConfig
 from nas.onnx_export import export_onnx
 from nas.quantize import calibration_batches, quantize_int8
 from nas.search_spaces.references import reference_archs
@@ -15,7 +16,7 @@ from tests.conftest import FAST, last_json, run_nas
 
 
 def test_static_quantization_gives_a_qdq_model_that_agrees_with_fp32(tmp_path):
-    data = load_dataset("digits", 0.2, 0).at(32)
+    data = load_dataset(DatasetConfig()).at(32)
     model = build_model(reference_archs()["mobilenetv2_100"], 10)
     fp32 = export_onnx(model, (1, 3, 32, 32), tmp_path / "fp32.onnx")
     q = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_batches((1, 3, 32, 32), data, 16))
@@ -46,7 +47,8 @@ def test_search_with_int8_records_quantized_accuracy(tmp_path):
     res = run_nas("search", f"workdir={wd}", "target.precision=int8", "study.n_trials=1",
                   "search_space.enqueue_references=false", "budget_ms=1000", *FAST)
     assert res.returncode == 0, res.stderr[-2000:]
-    (t,) = optuna.load_study(study_name="cpu-mbconv-digits-1000ms", storage=f"sqlite:///{wd / 'optuna.db'}").trials
+    (t,) = optuna.load_study(study_name="cpu-int8-mbconv-digits-1000ms",
+                          storage=f"sqlite:///{wd / 'optuna.db'}").trials
     assert t.state == optuna.trial.TrialState.COMPLETE
     uri = f"sqlite:///{wd / 'mlflow.db'}"
     run = MlflowClient(uri).get_run(t.user_attrs["mlflow_run_id"])

@@ -7,10 +7,11 @@ import subprocess
 import numpy as np
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from nas.accuracy.datasets import load_dataset
+from nas.accuracy.datasets import ImageFolderConfig, load_dataset
 from nas.errors import DatasetError
 from tests.conftest import FAST, nas_bin, run_nas
 
@@ -53,18 +54,19 @@ def _write_images(root, n_per_class=10, size=20):
 
 def test_imagefolder_loads_resized_rgb_stratified(tmp_path):
     _write_images(tmp_path / "imgs")
-    data = load_dataset("imagefolder", 0.2, 0, str(tmp_path / "imgs"), resolution=24).at(24)
+    data = load_dataset(ImageFolderConfig(path=str(tmp_path / "imgs")), 24).at(24)
     assert data.num_classes == 2
-    assert tuple(data.x_train.shape[1:]) == (3, 24, 24)
-    assert len(data.y_train) == 16 and len(data.y_val) == 4
-    assert sorted(data.y_val.tolist()) == [0, 0, 1, 1]
+    x, _y = next(iter(data.train_batches(64, torch.Generator().manual_seed(0))))
+    assert tuple(x.shape) == (16, 3, 24, 24) and data.n_train == 16  # streamed, cropped to the resolution
+    x_val, y_val = data.validation_arrays()
+    assert x_val.shape == (4, 3, 24, 24) and sorted(y_val.tolist()) == [0, 0, 1, 1]  # stratified
 
 
 def test_imagefolder_with_one_class_is_refused(tmp_path):
     (tmp_path / "only").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "only" / "a.png")
     with pytest.raises(DatasetError, match="class folder"):
-        load_dataset("imagefolder", 0.2, 0, str(tmp_path), resolution=16)
+        load_dataset(ImageFolderConfig(path=str(tmp_path)), 16)
 
 
 def test_search_on_an_imagefolder(tmp_path):

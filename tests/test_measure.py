@@ -2,15 +2,15 @@
 
 
 from nas.build import build_model
-from nas.config import TargetConfig
 from nas.measure_cache import MeasurementCache
 from nas.onnx_export import export_onnx, graph_stats
 from nas.search_spaces.references import reference_archs
-from nas.targets.factory import make_target
+from nas.targets import make_target
+from nas.targets.ort import OrtConfig
 from tests.conftest import last_json, run_nas
 
 SMALL = ["target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10", "target.rounds=2",
-         "target.round_pause_s=0"]
+         "target.round_pause_s=0", "target.tolerance=0", "target.drift_tolerance=0"]
 
 
 def test_measure_reference_json_and_cache(tmp_path):
@@ -61,11 +61,11 @@ def test_graph_stats_counts_macs_like_timm(tmp_path):
 
 def test_cache_is_keyed_by_fingerprint(tmp_path):
     cache = MeasurementCache(tmp_path / "m.db")
-    t1 = make_target(TargetConfig(threads=1, repeats=10, rounds=2, round_pause_s=0))
-    t2 = make_target(TargetConfig(threads=2, repeats=10, rounds=2, round_pause_s=0))
+    t1 = make_target(OrtConfig(threads=1, repeats=10, rounds=2, round_pause_s=0))
+    t2 = make_target(OrtConfig(threads=2, repeats=10, rounds=2, round_pause_s=0))
     path = export_onnx(build_model(reference_archs()["mobilenetv3_small_100"], 10), (1, 3, 224, 224),
                        tmp_path / "m.onnx")
-    stats = t1.measure(path)
+    stats = t1.measure(path).stats
     cache.put("abc", t1.fingerprint(), stats)
     assert cache.get("abc", t1.fingerprint())[0] == stats
     assert cache.get("abc", t2.fingerprint()) is None  # other threads: another set-up

@@ -4,11 +4,10 @@ import numpy as np
 import onnxruntime as ort
 
 from nas.build import build_model
-from nas.config import TargetConfig
 from nas.onnx_export import export_onnx
 from nas.search_spaces.references import reference_archs
-from nas.targets.factory import make_target
-from nas.targets.ort import io_bound_pipeline
+from nas.targets import make_target
+from nas.targets.ort import OrtConfig, io_bound_pipeline
 from nas.targets.pipeline import Pipeline
 from tests.conftest import last_json, run_nas
 
@@ -53,11 +52,11 @@ def test_batch_size_is_part_of_the_set_up(tmp_path):
 
 
 def test_batched_export_is_measured_at_its_batch(tmp_path):
-    cfg = TargetConfig(input_shape=[4, 3, 64, 64], warmup=1, repeats=10, rounds=2, round_pause_s=0)
+    cfg = OrtConfig(input_shape=[4, 3, 64, 64], warmup=1, repeats=10, rounds=2, round_pause_s=0)
     path = export_onnx(build_model(reference_archs()["mobilenetv3_small_100"], 10), (4, 3, 64, 64),
                        tmp_path / "b4.onnx")
     assert ort.InferenceSession(str(path)).get_inputs()[0].shape == [4, 3, 64, 64]
-    assert make_target(cfg).measure(path).n == 10
+    assert make_target(cfg).measure(path).stats.n == 10
 
 
 def test_io_bound_pipeline_returns_the_models_output_and_times_the_copies(tmp_path):

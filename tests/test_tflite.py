@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from nas.accuracy.datasets import load_dataset
 from nas.build import build_model
+from nas.config import DatasetConfig
 from nas.quantize import calibration_batches
 from nas.search_spaces.references import reference_archs
 from nas.tflite_convert import interpreter, to_tflite
@@ -22,7 +23,7 @@ TFLITE_FAST = [*FAST, "target=tflite_cpu"]
 
 @pytest.fixture(scope="module")
 def small_tflite(tmp_path_factory):
-    data = load_dataset("digits", 0.2, 0).at(32)
+    data = load_dataset(DatasetConfig()).at(32)
     model = build_model(reference_archs()["mobilenetv3_small_100"], 10)
     shape = (1, 3, 32, 32)
     conv = to_tflite(model, shape, tmp_path_factory.mktemp("t") / "m.tflite", "int8",
@@ -88,19 +89,19 @@ def test_tflite_cpu_search_exports_an_int8_tflite_model(tmp_path):
 def test_agent_measures_an_uploaded_tflite_model_and_refuses_a_non_tflite(small_tflite, tmp_path):
     proc, url = start_agent(f"token={TOKEN}")
     try:
-        r = requests.post(f"{url}/measure", params={**QUICK, "format": "tflite"},
+        r = requests.post(f"{url}/measure", params={**QUICK, "runtime": "litert"},
                           data=small_tflite.path.read_bytes(), headers=AUTH, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["stats"]["n"] == 10 and r.json()["fingerprint"]["runtime"].startswith("ai-edge-litert")
-        bad = requests.post(f"{url}/measure", params={**QUICK, "format": "tflite"}, data=b"PK\x03\x04zipzip",
+        bad = requests.post(f"{url}/measure", params={**QUICK, "runtime": "litert"}, data=b"PK\x03\x04zipzip",
                             headers=AUTH, timeout=30)
         assert bad.status_code == 400 and "not a TFLite model" in bad.json()["error"]
         if shutil.which("edgetpu_compiler") is None:  # the agent host's Edge TPU path says what is missing
-            r = requests.post(f"{url}/measure", params={**QUICK, "format": "edgetpu"},
+            r = requests.post(f"{url}/measure", params={**QUICK, "runtime": "edgetpu"},
                               data=small_tflite.path.read_bytes(), headers=AUTH, timeout=60)
             assert r.status_code == 422 and "edgetpu_compiler" in r.json()["error"]
         res = run_nas("measure", "arch=mobilenetv3_small_100", "target=remote", f"target.url={url}",
-                      f"target.token={TOKEN}", "target.format=tflite", "target.precision=int8", f"workdir={tmp_path}",
+                      f"target.token={TOKEN}", "target.runtime=litert", "target.precision=int8", f"workdir={tmp_path}",
                       "format=json", "target.input_shape=[1,3,32,32]", "target.repeats=10", "target.rounds=2",
                       "target.warmup=1")
         assert res.returncode == 0, res.stderr[-2000:]

@@ -1,25 +1,63 @@
-"""Datasets for the accuracy proxy: loaded once, then resized to each candidate's training resolution.
+"""Datasets for the accuracy estimate: loaded once, then served at each candidate's training resolution.
 
-A candidate is trained at a resolution derived from its deployment resolution (``train_resolution``), so the
-searched resolution changes accuracy as well as latency. The loaded images are kept at their stored resolution
-(``ImageData``); ``ImageData.at(r)`` gives normalised, 3-channel splits at ``r`` pixels, computed once per ``r``.
+A candidate trains at a resolution derived from its deployment resolution (``train_resolution``), so the searched
+resolution changes accuracy as well as latency. A dataset is registered under a name with its config dataclass
+(``datasets``) and loads into one of two forms, both served per resolution through ``Splits``:
+
+- ``ImageData``: small datasets held in memory (digits, elpv), resized once per resolution (``ImageData.at``);
+- ``FolderData``: a class-per-folder tree streamed from disk through a ``DataLoader`` with workers and train-time
+  augmentation (random resized crop, flip), so a real dataset need not fit in memory.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.errors import DatasetError
+from nas.config import DatasetConfig
+from nas.errors import DatasetError, first_line
+from nas.registry import Registry
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Splits(Protocol):
+    """A dataset's train and validation splits at one resolution: what training and int8 evaluation read."""
+
+    name: str
+    num_classes: int
+
+    @property
+    def resolution(self) -> int: ...
+
+    @property
+    def n_train(self) -> int: ...
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch of shuffled (augmented where the dataset allows) training batches."""
+        ...
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+    def calibration(self, n: int) -> np.ndarray:
+        """Up to ``n`` training images (N, 3, H, W), normalised as for training, un-augmented (int8 calibration)."""
+        ...
+
+    def validation_arrays(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The validation images and labels as arrays (a deployed int8 model is evaluated on them)."""
+        ...
 
 
 @dataclass(frozen=True)
 class TensorSplits:
-    """Train/validation tensors (N, 3, H, W) float32 normalised, labels int64, at one resolution."""
+    """Train/validation tensors (N, 3, H, W) float32 normalised, labels int64, at one resolution, in memory."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -27,15 +65,49 @@ class TensorSplits:
     y_val: torch.Tensor
     num_classes: int
     name: str
+    augment: bool = False  # flips and small shifts: for images where they keep the label (not digits)
 
     @property
     def resolution(self) -> int:
         return int(self.x_train.shape[-1])
 
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        order = torch.randperm(len(self.y_train), generator=generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            x = self.x_train[idx]
+            yield (_augment(x, generator) if self.augment else x), self.y_train[idx]
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self.y_val), batch_size):
+            yield self.x_val[start:start + batch_size], self.y_val[start:start + batch_size]
+
+    def calibration(self, n: int) -> np.ndarray:
+        return self.x_train[:n].numpy().astype(np.float32)
+
+    def validation_arrays(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.x_val[:limit].numpy().astype(np.float32), self.y_val[:limit].numpy()
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random horizontal flip per image and one random shift (up to 1/8 of the side, reflected) per batch."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    pad = max(1, x.shape[-1] // 8)
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]].contiguous()
+
 
 @dataclass(frozen=True)
 class ImageData:
-    """A stratified split of images in [0, 1] at their stored resolution (1 or 3 channels)."""
+    """A stratified split of images in [0, 1] at their stored resolution (1 or 3 channels), in memory."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -43,11 +115,8 @@ class ImageData:
     y_val: torch.Tensor
     num_classes: int
     name: str
+    augment: bool = False
     _cache: dict[int, TensorSplits] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def stored_resolution(self) -> int:
-        return int(self.x_train.shape[-1])
 
     def at(self, resolution: int) -> TensorSplits:
         """Both splits resized to ``resolution``, 3 channels, normalised with the training split's statistics."""
@@ -57,7 +126,7 @@ class ImageData:
             std = tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
             self._cache[resolution] = TensorSplits(((tr - mean) / std).contiguous(), self.y_train,
                                                    ((va - mean) / std).contiguous(), self.y_val,
-                                                   self.num_classes, self.name)
+                                                   self.num_classes, self.name, self.augment)
         return self._cache[resolution]
 
 
@@ -66,72 +135,234 @@ def train_resolution(deploy_resolution: int, proxy_scale: float, min_resolution:
     return max(min_resolution, round(deploy_resolution * proxy_scale))
 
 
-def load_dataset(name: str, val_fraction: float, seed: int, path: str | None = None,
-                 max_images: int | None = None, resolution: int | None = None) -> ImageData:
-    """Load ``digits`` (scikit-learn's, shipped with the package) or an ``imagefolder`` at ``path``.
-
-    ``resolution`` is the largest training resolution needed: an image folder is decoded at it, once.
-    """
-    if name == "digits":
-        x, y = _digits()
-    elif name == "imagefolder":
-        x, y = _imagefolder(path, resolution or 64, max_images)
-    else:
-        raise DatasetError(f"unknown dataset {name!r}: use dataset=digits or dataset=imagefolder")
-    return _split(x, y, val_fraction, seed, name)
+# A dataset is a function (its config, the largest training resolution needed) -> ImageData or FolderData.
+datasets: Registry[Callable[..., Any]] = Registry("dataset", group="dataset")
 
 
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+def load_dataset(cfg: DatasetConfig, resolution: int = 64) -> ImageData | FolderData:
+    """The registered dataset ``cfg.name``; ``resolution`` is the largest training resolution a search needs."""
+    return datasets.get(cfg.name).factory(cfg, resolution)
+
+
+@datasets.register("digits", DatasetConfig, option=False)
+def digits(cfg: DatasetConfig, resolution: int) -> ImageData:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes); ships with scikit-learn."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N,1,8,8) in [0,1]
-    return x, torch.from_numpy(d.target.astype(np.int64))
+    return split(x, torch.from_numpy(d.target.astype(np.int64)), cfg, augment=False)
 
 
-def _imagefolder(path: str | None, resolution: int, max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if not path:
-        raise DatasetError("dataset=imagefolder needs dataset.path=DIR (one sub-folder of images per class)")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset.path={path} is not a directory (expected one sub-folder of images per class)")
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2 as T
+@dataclass
+class ElpvConfig(DatasetConfig):
+    """elpv: 2,624 electroluminescence images (300x300, grayscale) of solar cells, 4 classes by the experts' defect
+    probability (0, 1/3, 2/3, 1). From the elpv-dataset package (CC BY-NC-SA 4.0): pip install 'nas[elpv]'."""
 
-    transform = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True),
-                           T.Resize((resolution, resolution), antialias=True)])
+    name: str = "elpv"
+    proxy_scale: float = 0.25  # 224 px deployment -> 56 px training
+
+
+@datasets.register("elpv", ElpvConfig, option=False)
+def elpv(cfg: ElpvConfig, resolution: int) -> ImageData:
     try:
-        folder = ImageFolder(str(root), transform=transform)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DatasetError(f"dataset.path={path}: {e}") from None
-    if len(folder.classes) < 2:
-        raise DatasetError(f"dataset.path={path} has {len(folder.classes)} class folder(s); need at least 2")
-    n = len(folder) if max_images is None else min(len(folder), max_images)
-    order = np.random.default_rng(0).permutation(len(folder))[:n]
-    xs, ys = [], []
-    for i in order:
+        from elpv_dataset.utils import load_dataset as load_elpv
+    except ImportError:
+        raise DatasetError("dataset=elpv needs the elpv-dataset package (its images are licensed CC BY-NC-SA 4.0, "
+                           "so it is an extra): pip install 'nas[elpv]'") from None
+    images, probs, _types = load_elpv()
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)  # (N,1,300,300) uint8
+    # Shrunk once to the largest training resolution a search needs: 2,624 x 300^2 floats would be 0.9 GB.
+    side = max(resolution, cfg.min_resolution)
+    x = torch.cat([_resize(x[i:i + 256].float() / 255.0, side, rgb=False) for i in range(0, len(x), 256)])
+    y = torch.from_numpy(np.rint(probs * 3).astype(np.int64))  # 0, 1/3, 2/3, 1 -> 0..3
+    return split(x, y, cfg, augment=True)
+
+
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    """Your own images, one sub-folder per class, streamed from disk."""
+
+    name: str = "imagefolder"
+    proxy_scale: float = 0.25
+    path: str | None = None
+    max_images: int | None = None  # use a random subset of this many images (None: all)
+    workers: int | None = None  # DataLoader worker processes (None: min(4, CPU cores))
+
+
+@datasets.register("imagefolder", ImageFolderConfig, option=False)
+def imagefolder(cfg: ImageFolderConfig, resolution: int) -> FolderData:
+    return FolderData.open(cfg)
+
+
+class FolderData:
+    """A class-per-folder image tree, checked at load, streamed per resolution through DataLoaders."""
+
+    def __init__(self, root: Path, samples: list[tuple[str, int]], classes: list[str], train_idx: np.ndarray,
+                 val_idx: np.ndarray, mean: list[float], std: list[float], workers: int) -> None:
+        self.root, self.samples, self.classes = root, samples, classes
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.mean, self.std, self.workers = mean, std, workers
+        self.num_classes, self.name = len(classes), "imagefolder"
+        self._cache: dict[int, FolderSplits] = {}
+
+    @classmethod
+    def open(cls, cfg: ImageFolderConfig) -> FolderData:
+        if not cfg.path:
+            raise DatasetError("dataset=imagefolder needs dataset.path=DIR (one sub-folder of images per class)")
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"dataset.path={cfg.path} is not a directory (expected one sub-folder of images per "
+                               "class)")
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
         try:
-            img, label = folder[int(i)]
-        except Exception as e:  # a corrupt image names itself
-            raise DatasetError(f"cannot read {folder.samples[int(i)][0]}: {e}") from None
-        xs.append(img[:3] if img.shape[0] >= 3 else img[:1])
-        ys.append(label)
-    x = torch.stack([t if t.shape[0] == 3 else t.expand(3, -1, -1) for t in xs])
-    return x, torch.tensor(ys, dtype=torch.int64)
+            classes, index = find_classes(str(root))
+            samples = make_dataset(str(root), index, extensions=IMG_EXTENSIONS)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise DatasetError(f"dataset.path={cfg.path}: {first_line(e)}") from None
+        if len(classes) < 2:
+            raise DatasetError(f"dataset.path={cfg.path} has {len(classes)} class folder(s) with images; need at "
+                               "least 2")
+        if cfg.max_images is not None and len(samples) > cfg.max_images:
+            keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(samples))[:cfg.max_images])
+            samples = [samples[i] for i in keep]
+        _check_readable(samples)
+        labels = np.array([label for _, label in samples])
+        train_idx, val_idx = _stratified(labels, cfg.val_fraction, cfg.seed, "imagefolder")
+        mean, std = _folder_stats(samples, train_idx)
+        workers = cfg.workers if cfg.workers is not None else min(4, os.cpu_count() or 1)
+        return cls(root, samples, classes, train_idx, val_idx, mean, std, workers)
+
+    def at(self, resolution: int) -> FolderSplits:
+        if resolution not in self._cache:
+            self._cache[resolution] = FolderSplits(self, resolution)
+        return self._cache[resolution]
 
 
-def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+class _Files(torch.utils.data.Dataset):
+    """Images by path; a file that cannot be decoded names itself."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Any) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as img:
+                return self.transform(img.convert("RGB")), label
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"cannot read {path}: {first_line(e)}") from None
+
+
+class FolderSplits:
+    """``Splits`` of an image folder at one resolution: random resized crops and flips for training, a centre
+    crop for validation (the usual torchvision recipe)."""
+
+    def __init__(self, data: FolderData, resolution: int) -> None:
+        from torchvision.transforms import v2 as T
+
+        self.data, self._resolution = data, resolution
+        self.name, self.num_classes = data.name, data.num_classes
+        norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(data.mean, data.std)]
+        self.train_tf = T.Compose([T.RandomResizedCrop(resolution, scale=(0.35, 1.0), antialias=True),
+                                   T.RandomHorizontalFlip(), *norm])
+        self.val_tf = T.Compose([T.Resize(round(resolution / 0.875), antialias=True), T.CenterCrop(resolution),
+                                 *norm])
+
+    @property
+    def resolution(self) -> int:
+        return self._resolution
+
+    @property
+    def n_train(self) -> int:
+        return len(self.data.train_idx)
+
+    def _loader(self, idx: np.ndarray, transform: Any, batch_size: int, shuffle: bool,
+                generator: torch.Generator | None = None) -> Any:
+        files = _Files([self.data.samples[i] for i in idx], transform)
+        return torch.utils.data.DataLoader(files, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                           num_workers=self.data.workers, drop_last=shuffle and len(files) > batch_size,
+                                           persistent_workers=False)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        yield from _reraise(self._loader(self.data.train_idx, self.train_tf, batch_size, True, generator))
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        yield from _reraise(self._loader(self.data.val_idx, self.val_tf, batch_size, False))
+
+    def calibration(self, n: int) -> np.ndarray:
+        files = _Files([self.data.samples[i] for i in self.data.train_idx[:n]], self.val_tf)
+        return torch.stack([files[i][0] for i in range(len(files))]).numpy()
+
+    def validation_arrays(self, limit: int | None = 2000) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for x, y in self.val_batches(256):
+            xs.append(x)
+            ys.append(y)
+            if limit is not None and sum(len(v) for v in ys) >= limit:
+                break
+        return torch.cat(xs)[:limit].numpy(), torch.cat(ys)[:limit].numpy()
+
+
+def _reraise(loader: Any) -> Iterator[Batch]:
+    """Batches of ``loader``; a DataLoader worker's DatasetError reaches the user as itself, in one line."""
+    try:
+        yield from loader
+    except DatasetError:
+        raise
+    except Exception as e:
+        text = str(e)
+        if "DatasetError" not in text:
+            raise
+        line = next((ln for ln in reversed(text.splitlines()) if ln.startswith("nas.errors.DatasetError")), text)
+        raise DatasetError(line.split(":", 1)[-1].strip()) from None
+
+
+def _check_readable(samples: list[tuple[str, int]]) -> None:
+    """Every file opens as an image (its header: fast); one that does not is named."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path, _ in samples:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018  (parsing the header is the check)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DatasetError(f"cannot read {path}: {first_line(e)}") from None
+
+
+def _folder_stats(samples: list[tuple[str, int]], train_idx: np.ndarray, n: int = 256) -> tuple[list, list]:
+    """Per-channel mean and std of up to ``n`` training images (at 64 px: enough for normalisation)."""
+    from PIL import Image
+
+    pick = train_idx[np.linspace(0, len(train_idx) - 1, min(n, len(train_idx))).astype(int)]
+    px = []
+    for i in pick:
+        try:
+            with Image.open(samples[i][0]) as img:
+                px.append(np.asarray(img.convert("RGB").resize((64, 64)), dtype=np.float32) / 255.0)
+        except OSError as e:
+            raise DatasetError(f"cannot read {samples[i][0]}: {first_line(e)}") from None
+    arr = np.stack(px)
+    return arr.mean(axis=(0, 1, 2)).tolist(), np.maximum(arr.std(axis=(0, 1, 2)), 1e-6).tolist()
+
+
+def _resize(x: torch.Tensor, resolution: int, rgb: bool = True) -> torch.Tensor:
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
         # Antialiased when shrinking, so a low training resolution sees what a camera at that resolution would.
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
                           antialias=resolution < x.shape[-1])
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    return x.expand(-1, 3, -1, -1) if rgb and x.shape[1] == 1 else x
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, name: str) -> ImageData:
-    """A stratified split: every class appears in both parts in proportion."""
+def _stratified(labels: np.ndarray, val_fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified split: every class appears in both parts in proportion."""
     rng = np.random.default_rng(seed)
-    labels = y.numpy()
     train_idx, val_idx = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
@@ -140,5 +371,10 @@ def _split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, nam
             raise DatasetError(f"class {c} of dataset {name!r} has {len(idx)} image(s); need at least 2")
         val_idx.extend(idx[:n_val])
         train_idx.extend(idx[n_val:])
-    tr, va = torch.tensor(np.sort(train_idx)), torch.tensor(np.sort(val_idx))
-    return ImageData(x[tr], y[tr], x[va], y[va], int(labels.max()) + 1, name)
+    return np.sort(np.array(train_idx)), np.sort(np.array(val_idx))
+
+
+def split(x: torch.Tensor, y: torch.Tensor, cfg: DatasetConfig, augment: bool) -> ImageData:
+    """An in-memory dataset, split stratified (``cfg.val_fraction``, ``cfg.seed``)."""
+    tr, va = _stratified(y.numpy(), cfg.val_fraction, cfg.seed, cfg.name)
+    return ImageData(x[tr], y[tr], x[va], y[va], int(y.max()) + 1, cfg.name, augment)

@@ -1,92 +1,126 @@
-"""The accuracy proxy: a short, seeded training run and top-1 on the held-out split."""
+"""One training run of a candidate: seeded, from scratch, a complete one-cycle schedule over its epochs.
+
+A run of E epochs is the accuracy "at fidelity E": each rung of the search and each seed of a re-evaluation is
+such a run, so figures of one fidelity are always the same kind of figure. On CUDA the run uses mixed precision
+and channels-last memory; on the CPU it is exactly the float32 loop.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from nas.accuracy.datasets import TensorSplits
+from nas.accuracy.datasets import Splits
 from nas.arch import Arch
 from nas.build import build_model
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the candidate is recorded as failed."""
+from nas.errors import CandidateFailed, ConfigError, TrainingDiverged, first_line
 
 
 @dataclass(frozen=True)
-class AccuracyResult:
-    top1: float
+class Recipe:
+    """How every candidate is trained (the study's settings)."""
+
+    batch_size: int = 64
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    threads: int = 1  # torch CPU threads
+    device: str = "cpu"  # a resolved device: cpu, cuda, cuda:1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    top1: float  # validation top-1 at the end
     epochs: int
+    seed: int
     train_seconds: float
     final_loss: float
     history: tuple[float, ...]  # validation top-1 after each epoch
-    cut_off: bool = False  # stopped early by the epoch callback
-    top1_fp32: float | None = None  # with int8: the float model's top-1 (``top1`` is the quantized model's)
+    model: torch.nn.Module = field(compare=False, repr=False)  # trained, on the CPU (for the deployed form)
 
 
-def evaluate_accuracy(arch: Arch, data: TensorSplits, epochs: int, batch_size: int, lr: float, seed: int,
-                      threads: int, on_epoch: Callable[[int, float], bool] | None = None,
-                      precision: str = "fp32", int8_runtime: str = "onnxruntime") -> AccuracyResult:
-    """Train ``arch`` from scratch for ``epochs`` and return validation top-1.
+def resolve_device(name: str) -> str:
+    """``auto``: CUDA when torch sees a GPU, else the CPU; ``cuda`` without one is a one-line error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"study.device={name}: torch sees no CUDA GPU here (torch {torch.__version__}); "
+                          "use study.device=auto or cpu")
+    return name
 
-    ``on_epoch(epoch, top1)`` is called after each epoch; returning ``True`` cuts the run short (the last
-    accuracy is kept and ``cut_off`` set), so hopeless candidates stop early. With ``precision=int8`` the
-    reported top-1 is the quantized model's, run as deployed: ONNX Runtime QDQ, or the int8 TFLite file
-    (``int8_runtime=litert``).
+
+def train_run(arch: Arch, data: Splits, epochs: int, seed: int, recipe: Recipe,
+              on_epoch: Callable[[int, float], None] | None = None) -> RunResult:
+    """Train ``arch`` from scratch for ``epochs`` at ``data``'s resolution and return validation top-1.
+
+    ``on_epoch(epoch, top1)`` reports progress. A candidate whose training fails (a NaN loss, a shape its blocks
+    cannot take, out of memory) raises ``CandidateFailed``.
     """
-    torch.set_num_threads(threads)
-    model = build_model(arch, num_classes=data.num_classes, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * math.ceil(len(data.y_train) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    try:
+        return _run(arch, data, epochs, seed, recipe, on_epoch)
+    except (RuntimeError, ValueError, MemoryError) as e:  # torch reports shape and memory failures this way
+        if isinstance(e, CandidateFailed):
+            raise
+        raise CandidateFailed(f"{type(e).__name__}: {first_line(e)}") from e
+
+
+def _run(arch: Arch, data: Splits, epochs: int, seed: int, recipe: Recipe,
+         on_epoch: Callable[[int, float], None] | None) -> RunResult:
+    torch.set_num_threads(recipe.threads)
+    device = torch.device(recipe.device)
+    cuda = device.type == "cuda"
+    model = build_model(arch, num_classes=data.num_classes, seed=seed).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    # At most this many steps (a streamed dataset drops its last partial batch: a step short is harmless).
+    steps = epochs * math.ceil(data.n_train / recipe.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.2)
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     history: list[float] = []
     loss_value = float("nan")
-    cut = False
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(data.y_train), generator=gen)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        for x, y in data.train_batches(recipe.batch_size, gen):
+            x, y = _to(x, device, cuda), y.to(device, non_blocking=cuda)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
+                loss = F.cross_entropy(model(x), y)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             loss_value = loss.item()
-        history.append(top1(model, data.x_val, data.y_val, batch_size))
-        if on_epoch is not None and epoch + 1 < epochs and on_epoch(epoch + 1, history[-1]):
-            cut = True
-            break
-    if precision == "int8" and not cut:
-        if int8_runtime == "litert":
-            from nas.tflite_convert import tflite_top1
+        history.append(top1(model, data, recipe.batch_size, device))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history[-1])
+    model = model.cpu().float().to(memory_format=torch.contiguous_format).eval()
+    return RunResult(history[-1], epochs, seed, time.perf_counter() - t0, loss_value, tuple(history), model)
 
-            q = tflite_top1(model, data)[0]
-        else:
-            from nas.quantize import int8_top1
 
-            q = int8_top1(model, data, batch_size)
-        return AccuracyResult(q, len(history), time.perf_counter() - t0, loss_value, tuple(history), cut, history[-1])
-    return AccuracyResult(history[-1], len(history), time.perf_counter() - t0, loss_value, tuple(history), cut)
+def _to(x: torch.Tensor, device: torch.device, cuda: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=cuda)
+    return x.contiguous(memory_format=torch.channels_last) if cuda else x
 
 
 @torch.no_grad()
-def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+def top1(model: torch.nn.Module, data: Splits, batch_size: int, device: torch.device | None = None) -> float:
     model.eval()
-    correct = 0
-    for start in range(0, len(y), batch_size * 4):
-        logits = model(x[start:start + batch_size * 4])
-        correct += int((logits.argmax(1) == y[start:start + batch_size * 4]).sum())
-    return correct / len(y)
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    correct = total = 0
+    for x, y in data.val_batches(batch_size * 4):
+        with torch.autocast(device.type, enabled=cuda):
+            logits = model(_to(x, device, cuda))
+        correct += int((logits.argmax(1).cpu() == y).sum())
+        total += len(y)
+    return correct / max(total, 1)

@@ -1,7 +1,10 @@
 """`nas agent`: serve latency measurements of uploaded ONNX models over HTTP, one at a time.
 
-POST /measure  body: the model file; query: threads, warmup, repeats, rounds, round_pause_s, providers, scope,
-               source_size, format, precision (anything else is refused)
+POST /measure  body: the model file; query: runtime (a target backend: onnxruntime, litert, edgetpu, openvino),
+               threads, warmup, repeats, rounds, round_pause_s, the stopping rule (tolerance, max_rounds,
+               time_limit_s, drift_tolerance), providers, scope, source_size, precision (anything else is
+               refused); the settings are built into that backend's own config, so they are checked as `target=...`
+               overrides are
 GET  /info     the device's fingerprint and runtimes; whether its GPU works (`gpu`)
 Measurements are serialised by one lock, so concurrent clients queue instead of disturbing each other's timings.
 Each one runs in a child process, killed when it overruns `measure_timeout_s`, so a runaway measurement cannot hold
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import importlib.util
 import math
 import multiprocessing
 import os
@@ -29,7 +33,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -40,13 +43,18 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from nas.agent.validate import ModelRejected, validate_file
-from nas.config import AgentConfig, TargetConfig
-from nas.errors import TargetError, first_line
-from nas.targets.ort import OnnxRuntimeTarget, cpu_model
+from nas.config import AgentConfig, Precision, Scope, TargetConfig
+from nas.errors import CandidateFailed, ConfigError, TargetError, first_line
+from nas.targets.base import make_target, targets
+from nas.targets.ort import OnnxRuntimeTarget, OrtConfig, cpu_model
+from nas.workers import pid_alive
 
-LIMITS = {"threads": (1, 256), "warmup": (0, 1000), "repeats": (5, 10000), "rounds": (1, 100)}
-PARAMS = (*LIMITS, "round_pause_s", "providers", "scope", "format", "source_size", "precision")
-PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "tflite": ("int8", "fp32"), "edgetpu": ("int8",)}
+LIMITS = {"threads": (1, 256), "warmup": (0, 1000), "repeats": (5, 10000), "rounds": (1, 100), "max_rounds": (1, 100)}
+# The stopping rule's floats, clamped: a longer time limit would only stretch the request past measure_timeout_s.
+CLAMPED = {"round_pause_s": (0.0, 1.0), "tolerance": (0.0, 1.0), "drift_tolerance": (0.0, 1.0),
+           "time_limit_s": (0.1, 60.0)}
+PARAMS = (*LIMITS, *CLAMPED, "providers", "scope", "runtime", "source_size", "precision")
+RUNTIMES = ("onnxruntime", "litert", "edgetpu", "openvino")  # the target backends an agent serves
 TMP_PREFIX = "nas-agent-"  # + PID + "-": lets a later agent tell a dead agent's folder from a live one's
 # Imported once by the fork server, so each measurement process starts in milliseconds (torch: the fingerprint).
 PRELOAD = ["nas.agent.server", "onnxruntime", "torch"]
@@ -64,20 +72,10 @@ def gpu_status() -> dict[str, str] | None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return None
     try:
-        cuda = OnnxRuntimeTarget(TargetConfig(name="cuda", providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+        cuda = OnnxRuntimeTarget(OrtConfig(name="cuda", providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
     except TargetError as e:  # the GPU build without a usable GPU: say why, as target=cuda would
         return {"error": str(e)}
     return {"accelerator": cuda.accelerator or "unknown NVIDIA GPU"}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def remove_stale_folders(root: Path) -> list[Path]:
@@ -85,7 +83,7 @@ def remove_stale_folders(root: Path) -> list[Path]:
     removed = []
     for d in root.glob(f"{TMP_PREFIX}*"):
         m = re.fullmatch(rf"{TMP_PREFIX}(\d+)-\w+", d.name)
-        if m and d.is_dir() and (int(m[1]) == os.getpid() or not _alive(int(m[1]))):
+        if m and d.is_dir() and (int(m[1]) == os.getpid() or not pid_alive(int(m[1]))):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
@@ -102,7 +100,7 @@ def _watchdog(agent_pid: int, seconds: float) -> None:
             select.select([fd], [], [], seconds)
         except (AttributeError, OSError):  # no pidfd (other systems), or the agent is already gone: poll
             end = time.monotonic() + seconds
-            while time.monotonic() < end and _alive(agent_pid):
+            while time.monotonic() < end and pid_alive(agent_pid):
                 time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -118,17 +116,14 @@ def _measure_in_child(conn: Connection, path: str, settings: TargetConfig, agent
     _watchdog(agent_pid, seconds)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the agent's terminal: the agent stops this process
     try:
-        validate_file(Path(path), settings.format)
-        target = Agent._target(settings)
-        stats = target.measure(Path(path))
-        report = getattr(target, "last_compile", None)
-        out: tuple[str, Any] = ("ok", {
-            "stats": stats.to_dict(), "fingerprint": target.fingerprint(),
-            **({"compile": {k: v for k, v in report.to_dict().items() if k not in ("log", "path")}}
-               if report is not None else {})})
+        validate_file(Path(path), _file_format(settings))
+        target = make_target(settings)
+        m = target.measure(Path(path))
+        out: tuple[str, Any] = ("ok", {"stats": m.stats.to_dict(), "fingerprint": target.fingerprint(),
+                                       "details": m.details})
     except ModelRejected as e:
         out = ("rejected", str(e))
-    except TargetError as e:
+    except (TargetError, CandidateFailed) as e:
         out = ("target", str(e))
     except Exception as e:  # a bug or a runtime crash with a Python exception: the agent answers 500 and goes on
         import traceback
@@ -211,7 +206,8 @@ class Agent:
         litert = litert_versions()["ai-edge-litert"]
         return {"device": cpu_model(), "machine": platform.machine(), "runtime": f"onnxruntime {ort.__version__}",
                 "litert": f"ai-edge-litert {litert}" if litert != "missing" else "LiteRT missing",
-                "formats": ["onnx"] + (["tflite"] if litert != "missing" else []),
+                "runtimes": ["onnxruntime"] + (["litert", "edgetpu"] if litert != "missing" else [])
+                + (["openvino"] if importlib.util.find_spec("openvino") else []),
                 "providers": ort.get_available_providers(), "gpu": gpu_status(),
                 "max_upload_bytes": self._max_bytes(), "max_queue": self.cfg.max_queue}
 
@@ -252,7 +248,7 @@ class Agent:
         self.active += 1
         path = None
         try:
-            fd, name = tempfile.mkstemp(suffix=".onnx" if settings.format == "onnx" else ".tflite", dir=self.tmp)
+            fd, name = tempfile.mkstemp(suffix=f".{_file_format(settings)}", dir=self.tmp)
             path = Path(name)
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -297,23 +293,18 @@ class Agent:
                 if not lo <= v <= hi:
                     raise ValueError(f"{key}={v} must be in [{lo}, {hi}]")
                 values[key] = v
-        if "round_pause_s" in q:  # clamped, as before: a longer pause would only stretch the request
-            values["round_pause_s"] = min(max(_number("round_pause_s", q["round_pause_s"], float), 0.0), 1.0)
+        for key, (lo, hi) in CLAMPED.items():
+            if key in q:
+                values[key] = min(max(_number(key, q[key], float), lo), hi)
         if "providers" in q:
             values["providers"] = q["providers"].split(",")
         if "scope" in q:
-            if q["scope"] not in ("model", "pipeline"):
-                raise ValueError(f"scope={q['scope']} must be model or pipeline")
-            values["scope"] = q["scope"]
-        fmt = q.get("format", "onnx")
-        if fmt not in PRECISIONS:
-            raise ValueError(f"format={fmt} must be onnx, tflite or edgetpu")
-        values["format"] = fmt
-        # The models are converted on the client: precision labels the fingerprint, and must fit the format.
-        precision = q.get("precision", PRECISIONS[fmt][0])
-        if precision not in PRECISIONS[fmt]:
-            raise ValueError(f"precision={precision} must be one of {', '.join(PRECISIONS[fmt])} for format={fmt}")
-        values["precision"] = precision
+            values["scope"] = _choice("scope", q["scope"], Scope)
+        if "precision" in q:  # the models are converted on the client: precision labels the fingerprint
+            values["precision"] = _choice("precision", q["precision"], Precision)
+        runtime = q.get("runtime", "onnxruntime")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime={runtime} must be one of {', '.join(RUNTIMES)}")
         if "source_size" in q:
             parts = q["source_size"].split(",")
             if len(parts) != 2:
@@ -322,7 +313,16 @@ class Agent:
             if not (8 <= h <= 8192 and 8 <= w <= 8192):
                 raise ValueError(f"source_size={h},{w} must be within 8..8192")
             values["source_size"] = [h, w]
-        return replace(TargetConfig(name="agent"), **values)
+        if runtime == "edgetpu":  # the agent runs what it is sent on its own Edge TPU, or says what is missing
+            from nas.targets.edgetpu import EdgeTpuMode, EdgeTpuOptions
+
+            values["edgetpu"] = EdgeTpuOptions(mode=EdgeTpuMode.measure)
+        elif "providers" in values and runtime != "onnxruntime":
+            raise ValueError(f"providers applies to runtime=onnxruntime, not runtime={runtime}")
+        try:  # the backend's own config checks what fits it (e.g. precision int8 only for the Edge TPU)
+            return targets.get(runtime).config(name="agent", **values)
+        except ConfigError as e:
+            raise ValueError(str(e).replace("target.", "")) from None
 
     def _measure_locked(self, path: Path, settings: TargetConfig) -> dict[str, Any]:
         queued = time.time()
@@ -380,17 +380,15 @@ class Agent:
             return payload
         raise Outcome({"rejected": 400, "target": 422}.get(kind, 500), payload)
 
-    @staticmethod
-    def _target(settings: TargetConfig) -> Any:
-        if settings.format == "edgetpu":  # raises EdgeTpuUnavailable (-> 422) without compiler, runtime or device
-            from nas.targets.edgetpu_device import EdgeTpuDevice
+def _file_format(settings: TargetConfig) -> str:
+    return "tflite" if settings.backend in ("litert", "edgetpu") else "onnx"
 
-            return EdgeTpuDevice(replace(settings, runtime="edgetpu", precision="int8"))
-        if settings.format == "tflite":
-            from nas.targets.litert import LiteRtTarget
 
-            return LiteRtTarget(replace(settings, runtime="litert"))  # int8 or fp32, checked by _settings
-        return OnnxRuntimeTarget(settings)
+def _choice(key: str, text: str, kind: type[Any]) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{key}={text} must be one of {', '.join(v.value for v in kind)}") from None
 
 
 def _number(key: str, text: str, kind: type[int] | type[float]) -> Any:

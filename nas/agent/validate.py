@@ -49,16 +49,16 @@ def validate_tflite(data: bytes) -> None:
     except ImportError:
         raise ModelRejected("this agent has no LiteRT interpreter: pip install 'ai-edge-litert>=2.3' there") from None
     except (ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)[:200]
         if "custom op" in str(e).lower():
             raise ModelRejected(f"custom operators refused: the agent loads no custom-op libraries ({first})") from None
         raise ModelRejected(f"invalid TFLite model: {first}") from None
 
 
-def validate_file(path: Path, fmt: str) -> None:
-    """Check an upload spooled to ``path``: ONNX for format=onnx, TFLite for tflite and edgetpu.
+def validate_file(path: Path, file_format: str) -> None:
+    """Check an upload spooled to ``path``: an ONNX model (``onnx``) or a TFLite one (``tflite``).
 
     The agent calls this in the measurement process, so a slow check or a parser crash on a hostile file neither
     blocks nor takes down the server."""
     data = path.read_bytes()
-    validate_onnx(data) if fmt == "onnx" else validate_tflite(data)
+    validate_onnx(data) if file_format == "onnx" else validate_tflite(data)

@@ -1,19 +1,37 @@
-"""What every target gives: a fingerprint of the set-up and latency statistics for a model file."""
+"""A target is one backend: a device and a runtime, and everything about them.
+
+It owns which file it runs (ONNX, int8 QDQ ONNX, TFLite), how a built model becomes that file (``prepare``), how
+that file is timed (``measure -> Measurement``), whether its latencies are measured or predicted, the warning a
+user must see, its analytic prior, how an int8 model's accuracy is evaluated as deployed, and which files an
+export bundle gets. Backends register under a name with their config dataclass (``@targets.register``); adding a
+device means one backend file, its config and its YAML.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from nas.config import Precision, Scope, TargetConfig
+from nas.errors import TargetError
+from nas.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from nas.accuracy.datasets import Splits
+    from nas.arch import Arch
 
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency of one model on one target, in milliseconds."""
+    """Latency of one model on one target, in milliseconds, with how sure the figure is."""
 
     p50: float
     p90: float
@@ -25,34 +43,51 @@ class LatencyStats:
     n: int
     split_ms: dict[str, float] | None = None  # pipeline scope: median ms of preprocess, model, postprocess
     source: str = "measured"  # or "predicted": from a latency model, no device ran it (n == 0)
+    # 95% bootstrap interval over rounds of each statistic: {"p90": [low, high], ...} (empty for old records)
+    ci: dict[str, list[float]] = field(default_factory=dict)
+    rounds: int = 0
+    round_spread: float = 0.0  # (max - min) / median of the rounds' medians: how far the rounds disagreed
+    settled: bool = True  # False: the interval never got within the tolerance before the time limit
 
     @property
     def cv(self) -> float:
         """Coefficient of variation: std / mean."""
         return self.std / self.mean if self.mean else 0.0
 
+    def rel_halfwidth(self, statistic: str) -> float:
+        """Half the interval's width relative to the figure (0 when no interval is known)."""
+        lo, hi = self.ci.get(statistic, (0.0, 0.0))
+        v = self.value(statistic)
+        return (hi - lo) / 2 / v if v and hi > lo else 0.0
+
     @classmethod
     def from_samples(cls, samples_ms: list[float] | np.ndarray) -> LatencyStats:
         s = np.asarray(samples_ms, dtype=np.float64)
         p50, p90, p95, p99 = np.percentile(s, [50, 90, 95, 99])
         return cls(float(p50), float(p90), float(p95), float(p99), float(s.mean()), float(s.std()),
-                   float(s.min()), int(s.size))
+                   float(s.min()), int(s.size), rounds=1)
 
     @classmethod
-    def from_rounds(cls, rounds_ms: list[np.ndarray], split_ms: dict[str, float] | None = None) -> LatencyStats:
-        """Percentiles as the median over rounds of each round's percentile.
+    def from_rounds(cls, rounds_ms: list[np.ndarray], split_ms: dict[str, float] | None = None,
+                    settled: bool = True) -> LatencyStats:
+        """Percentiles as the median over rounds of each round's percentile, with a bootstrap interval over rounds.
 
         On a shared machine a burst of foreign load spoils a stretch of consecutive runs; taking the median
         over rounds spaced in time keeps one spoiled round from moving the figure (see
         benchmarks/latency_repeatability.py). Mean, std and min use all samples.
         """
         if len(rounds_ms) == 1:
-            return replace(cls.from_samples(rounds_ms[0]), split_ms=split_ms)
-        per_round = np.array([np.percentile(np.asarray(r, dtype=np.float64), [50, 90, 95, 99]) for r in rounds_ms])
-        p50, p90, p95, p99 = np.median(per_round, axis=0)
+            return replace(cls.from_samples(rounds_ms[0]), split_ms=split_ms, settled=settled)
+        per_round = round_statistics(rounds_ms)
+        p50, p90, p95, p99, _ = np.median(per_round, axis=0)
         s = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds_ms])
+        lo, hi = bootstrap_interval(per_round)
+        medians = per_round[:, 0]
         return cls(float(p50), float(p90), float(p95), float(p99), float(s.mean()), float(s.std()),
-                   float(s.min()), int(s.size), split_ms)
+                   float(s.min()), int(s.size), split_ms,
+                   ci={k: [float(a), float(b)] for k, a, b in zip(STATS, lo, hi, strict=True)},
+                   rounds=len(rounds_ms), round_spread=float(np.ptp(medians) / np.median(medians)),
+                   settled=settled)
 
     @classmethod
     def predicted(cls, ms: float, rel_error: float) -> LatencyStats:
@@ -72,17 +107,157 @@ class LatencyStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
         return cls(**{k: d[k] for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "n")},
-                   split_ms=d.get("split_ms"), source=d.get("source", "measured"))
+                   split_ms=d.get("split_ms"), source=d.get("source", "measured"), ci=d.get("ci") or {},
+                   rounds=d.get("rounds", 0), round_spread=d.get("round_spread", 0.0),
+                   settled=d.get("settled", True))
 
 
-class Target(Protocol):
-    name: str
+STATS = ("p50", "p90", "p95", "p99", "mean")
+
+
+def round_statistics(rounds_ms: list[np.ndarray]) -> np.ndarray:
+    """Each round's p50, p90, p95, p99 and mean: one row per round."""
+    return np.array([[*np.percentile(np.asarray(r, dtype=np.float64), [50, 90, 95, 99]), float(np.mean(r))]
+                     for r in rounds_ms])
+
+
+def bootstrap_interval(per_round: np.ndarray, n_boot: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval of the median over rounds, by resampling whole rounds (a round is one window in time)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(per_round), size=(n_boot, len(per_round)))
+    medians = np.median(per_round[picks], axis=1)  # (n_boot, statistics)
+    return np.percentile(medians, 2.5, axis=0), np.percentile(medians, 97.5, axis=0)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a target returns for one model file: the statistics, how they were obtained, and where time went."""
+
+    stats: LatencyStats
+    details: dict[str, Any] = field(default_factory=dict)  # conversion check, Edge TPU estimate, compile report
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: session, compile, measure, ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The file a target runs, made from a built model, and what making it found out."""
+
+    path: Path
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Target(ABC):
+    """Base class of every target backend (as Optuna's ``BaseSampler`` is of samplers)."""
+
+    file_format: ClassVar[str] = "onnx"  # what ``measure`` runs: onnx or tflite
+    predicted: bool = False  # True: latencies come from a model of the device, none ran it
+    local: bool = True  # timed on this machine's CPU, so other workers' load here would skew it
+
+    def __init__(self, cfg: TargetConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+
+    # -- identity -----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def facts(self) -> dict[str, Any]:
+        """What identifies the device and runtime (device, runtime and versions, providers, ...)."""
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes a measurement: device, runtime and versions, threads, precision, shape."""
-        ...
+        """Everything that changes a measurement: ``facts()`` and the shared measuring protocol."""
+        return {"target": self.cfg.name, **self.facts(), **protocol(self.cfg, exporter=self.file_format == "onnx")}
 
-    def measure(self, model_path: Path) -> LatencyStats: ...
+    @property
+    def latency_source(self) -> str:
+        return "predicted" if self.predicted else "measured"
+
+    def warning(self) -> str | None:
+        """A line every command prints before any figure (e.g. that latencies are predicted)."""
+        return None
+
+    # -- the file it runs ---------------------------------------------------------------------------------------
+    def prepare(self, model: torch.nn.Module, onnx_path: Path, shape: tuple[int, int, int, int],
+                data: Splits | None) -> Prepared:
+        """The file to measure, from the built ``model`` and its ONNX export at ``shape``. The default runs the
+        ONNX file itself, statically quantized to int8 QDQ first with ``precision=int8`` (calibrated on ``data``)."""
+        if self.cfg.precision != Precision.int8:
+            return Prepared(onnx_path)
+        import time
+
+        from nas.quantize import calibration_batches, quantize_int8
+
+        t0 = time.perf_counter()
+        path = quantize_int8(onnx_path, onnx_path.with_name("int8-" + onnx_path.name), calibration_batches(shape, data))
+        return Prepared(path, seconds=time.perf_counter() - t0)
+
+    def accepts(self, path: Path) -> None:
+        """Raise ``TargetError`` with what to give instead when ``nas measure model=path`` cannot be run here."""
+        if path.suffix != f".{self.file_format}":
+            raise TargetError(f"model={path}: target {self.name} runs {self.file_format.upper()} files "
+                              f"(give a .{self.file_format} file, or arch=NAME to convert one of our candidates)")
+
+    @abstractmethod
+    def measure(self, path: Path) -> Measurement:
+        """Latency of the file ``prepare`` made (or a user's file of the same format)."""
+
+    # -- what else a backend knows ------------------------------------------------------------------------------
+    def prior_ms(self, arch: Arch, num_classes: int) -> float | None:
+        """An analytic latency for ``arch`` that measurements correct (the search's gate uses it); None: none."""
+        return None
+
+    prior_error: float = 0.0  # the prior's typical relative error
+
+    @property
+    def has_prior(self) -> bool:
+        return False
+
+    @classmethod
+    def deployed_top1(cls, cfg: TargetConfig, model: torch.nn.Module, data: Splits, batch_size: int) -> float | None:
+        """Top-1 of the trained model as this target deploys it (int8), or None when that is the float model."""
+        if cfg.precision != Precision.int8:
+            return None
+        from nas.quantize import int8_top1
+
+        return int8_top1(model, data, batch_size)
+
+    # Class methods (also deployed_top1): `nas export` re-evaluates and writes bundles from the stored set-up,
+    # without reaching the device.
+    @classmethod
+    def bundle_files(cls, cfg: TargetConfig, model: torch.nn.Module, shape: tuple[int, int, int, int],
+                     out: Path) -> dict[str, Any]:
+        """Extra deployable files for the export bundle (written into ``out``); their description for the card."""
+        return {}
+
+    @classmethod
+    def deploy_note(cls, cfg: TargetConfig) -> str:
+        """What the training team must do to deploy the trained model in the form whose latency was measured."""
+        if cfg.precision == Precision.int8:
+            return ("; the latency was measured on its int8 QDQ form (ONNX Runtime static quantization), so quantize "
+                    "the trained model the same way")
+        return ""
+
+
+def protocol(cfg: TargetConfig, exporter: bool = True) -> dict[str, Any]:
+    """The measuring protocol every target's fingerprint shares: two set-ups that differ here never share a figure."""
+    import torch
+
+    fp: dict[str, Any] = {
+        "threads": cfg.threads, "precision": str(cfg.precision), "batch": cfg.input_shape[0],
+        "warmup": cfg.warmup, "repeats": cfg.repeats, "rounds": cfg.rounds,
+        "stopping": f"{cfg.statistic} within ±{cfg.tolerance:g}, <= {cfg.max_rounds} rounds, <= {cfg.time_limit_s:g} s",
+        "scope": str(cfg.scope) if cfg.scope == Scope.model else f"pipeline from {list(cfg.source_size)} JPEG",
+    }
+    if exporter:
+        fp["exporter"] = f"torch {torch.__version__.split('+')[0]} {cfg.exporter} opset{cfg.opset}"
+    return fp
+
+
+targets: Registry[type[Target]] = Registry("target", group="target")
+
+
+def make_target(cfg: TargetConfig) -> Target:
+    """The registered backend ``cfg.backend``, built from its config (it may fail here, in one line)."""
+    return targets.get(cfg.backend).factory(cfg)
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:

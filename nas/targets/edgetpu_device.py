@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from nas.config import TargetConfig
-from nas.errors import TargetError
-from nas.targets.base import LatencyStats
+from nas.errors import CandidateFailed, TargetError
+from nas.targets.base import Measurement
 
 COMPILER_DOCS = "https://coral.ai/docs/edgetpu/compiler/"
 CORAL_APT = "https://coral.ai/software/#debian-packages"
@@ -174,17 +174,17 @@ def compile_model(tflite: Path, out_dir: Path, compiler: str = "edgetpu_compiler
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                               timeout=timeout_s + 30)
     except subprocess.TimeoutExpired:
-        raise TargetError(f"edgetpu_compiler did not finish {tflite.name} within {timeout_s + 30:.0f} s") from None
+        raise CandidateFailed(f"edgetpu_compiler did not finish {tflite.name} within {timeout_s + 30:.0f} s") from None
     except OSError as e:
         raise TargetError(f"cannot run {exe}: {e.strerror or e}") from None
     stdout = proc.stdout or ""
     if proc.returncode != 0:
-        raise TargetError(f"edgetpu_compiler failed on {tflite.name}: {_failure_line(stdout, proc.returncode)}")
+        raise CandidateFailed(f"edgetpu_compiler failed on {tflite.name}: {_failure_line(stdout, proc.returncode)}")
 
     head = parse_compiler_output(stdout)
     compiled = out_dir / Path(head["output_model"] or f"{tflite.stem}_edgetpu.tflite").name
     if not compiled.is_file():
-        raise TargetError(f"edgetpu_compiler exited 0 on {tflite.name} but wrote no {compiled}: "
+        raise CandidateFailed(f"edgetpu_compiler exited 0 on {tflite.name} but wrote no {compiled}: "
                           f"{_failure_line(stdout, proc.returncode)}")
     log_path = out_dir / Path(head["log_file"] or f"{tflite.stem}_edgetpu.log").name
     log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
@@ -214,17 +214,19 @@ def load_delegate(library: str | None = None, device: str | None = None) -> Any:
     try:
         ctypes.CDLL(lib)
     except OSError as e:
-        raise EdgeTpuUnavailable(f"Edge TPU runtime {lib} cannot be loaded ({_first_line(e)}): "
+        raise EdgeTpuUnavailable(f"Edge TPU runtime {lib} cannot be loaded ({_last_line(e)}): "
                                  f"{_runtime_hint(lib)}") from None
     try:
         return litert_load_delegate(lib, {"device": device} if device else {})
     except (ValueError, OSError, RuntimeError) as e:
         which = f"device {device}" if device else "any Edge TPU"
-        raise EdgeTpuUnavailable(f"Edge TPU runtime {lib} loaded but cannot open {which} ({_first_line(e)}): "
+        raise EdgeTpuUnavailable(f"Edge TPU runtime {lib} loaded but cannot open {which} ({_last_line(e)}): "
                                  f"{_runtime_hint(lib)}") from None
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
+    """The reason, which libedgetpu puts last: load_delegate's ValueError starts with "Failed to load delegate from
+    LIB"."""
     # load_delegate's ValueError starts with "Failed to load delegate from LIB" and puts libedgetpu's reason after.
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return (lines[-1] if lines else type(e).__name__)[:200]
@@ -240,13 +242,12 @@ def probe(compiler: str = "edgetpu_compiler", library: str | None = None) -> str
     except EdgeTpuUnavailable as e:
         return str(e)
     except Exception as e:
-        return f"Edge TPU probe failed: {type(e).__name__}: {_first_line(e)}"
+        return f"Edge TPU probe failed: {type(e).__name__}: {_last_line(e)}"
 
 
 class EdgeTpuDevice:
-    """Latency of int8 ``.tflite`` models compiled for and run on an attached Coral Edge TPU."""
-
-    artifact = "tflite"
+    """Latency of int8 ``.tflite`` models compiled for and run on an attached Coral Edge TPU (the Edge TPU
+    target's device half, and what `nas agent` runs for ``runtime=edgetpu``)."""
 
     def __init__(self, cfg: TargetConfig, compiler: str = "edgetpu_compiler", library: str | None = None) -> None:
         # Fail at construction, not at the first trial, when the tools are missing; the device opens in measure().
@@ -255,12 +256,9 @@ class EdgeTpuDevice:
         try:
             ctypes.CDLL(self.library)
         except OSError as e:
-            raise EdgeTpuUnavailable(f"Edge TPU runtime {self.library} cannot be loaded ({_first_line(e)}): "
+            raise EdgeTpuUnavailable(f"Edge TPU runtime {self.library} cannot be loaded ({_last_line(e)}): "
                                      f"{_runtime_hint(self.library)}") from None
         self.cfg = cfg
-        self.name = cfg.name
-        self.last_compile: CompileReport | None = None
-        self.last_timings: dict[str, float] = {}
         self._version: str | None = None
 
     def compiler_version(self) -> str | None:
@@ -272,41 +270,31 @@ class EdgeTpuDevice:
             self._version = parse_compiler_output(out)["version"]
         return self._version
 
-    def fingerprint(self) -> dict[str, Any]:
-        return {
-            "target": self.cfg.name,
-            "device": "Coral Edge TPU",
-            "runtime": self.library,
-            "compiler": f"edgetpu_compiler {self.compiler_version()}",
-            "threads": self.cfg.threads,  # the CPU fallback ops use them
-            "precision": "int8",
-            "batch": self.cfg.input_shape[0],
-            "warmup": self.cfg.warmup,
-            "repeats": self.cfg.repeats,
-            "rounds": self.cfg.rounds,
-            "scope": "model",
-        }
+    def facts(self) -> dict[str, Any]:
+        return {"device": "Coral Edge TPU", "library": self.library,
+                "compiler": f"edgetpu_compiler {self.compiler_version()}"}
 
-    def measure(self, tflite_int8: Path) -> LatencyStats:
+    def measure(self, tflite_int8: Path) -> Measurement:
         from nas.targets.litert import time_interpreter
         from nas.tflite_convert import interpreter
 
         tflite_int8 = Path(tflite_int8)
         t0 = time.perf_counter()
         report = compile_model(tflite_int8, tflite_int8.parent / "edgetpu", self.compiler)
-        self.last_compile = report  # cpu_ops > 0 is kept here: the CPU fallback is measured, not refused
         t1 = time.perf_counter()
         delegate = load_delegate(self.library)
         try:
             it = interpreter(report.path, self.cfg.threads, delegates=[delegate])
         except (ValueError, RuntimeError) as e:
-            raise TargetError(f"LiteRT cannot load {report.path.name} with the Edge TPU delegate: "
-                              f"{_first_line(e)}") from None
+            raise CandidateFailed(f"LiteRT cannot load {report.path.name} with the Edge TPU delegate: "
+                                  f"{_last_line(e)}") from None
         t2 = time.perf_counter()
         try:
             stats = time_interpreter(it, self.cfg)
         finally:
             del it  # the interpreter must go before its delegate (LiteRT's own ordering requirement)
             del delegate
-        self.last_timings = {"compile": t1 - t0, "session": t2 - t1, "measure": time.perf_counter() - t2}
-        return stats
+        # cpu_ops > 0 is kept in the report: the CPU fallback is measured, not refused.
+        compiled = {k: v for k, v in report.to_dict().items() if k not in ("log", "path")}
+        return Measurement(stats, {"compile": compiled},
+                           {"compile": t1 - t0, "session": t2 - t1, "measure": time.perf_counter() - t2})

@@ -1,18 +1,19 @@
-"""LiteRT (TFLite) interpreter target: int8 or float TFLite models on this CPU (XNNPACK), or on an ARM board via
-the agent. The model file is a ``.tflite`` made by :mod:`nas.tflite_convert`."""
+"""LiteRT (TFLite) interpreter backend (``target=tflite_cpu``): int8 or float TFLite models on this CPU (XNNPACK), or
+on an ARM board via the agent. The model file is a ``.tflite`` made by :mod:`nas.tflite_convert`."""
 
 from __future__ import annotations
 
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nas.config import TargetConfig
-from nas.errors import TargetError, first_line
-from nas.targets.base import LatencyStats
+from nas.config import Precision, Scope, TargetConfig, require
+from nas.errors import CandidateFailed, TargetError, first_line
+from nas.targets.base import LatencyStats, Measurement, Prepared, Target, targets
 from nas.targets.ort import cpu_model
 from nas.targets.timing import run_rounds
 
@@ -39,41 +40,84 @@ def random_feed(detail: dict[str, Any]) -> np.ndarray:
     return rng.standard_normal(shape).astype(dtype)
 
 
-class LiteRtTarget:
+class TfliteFiles:
+    """What every target that runs TFLite files shares: conversion, int8 accuracy as deployed, bundle files."""
+
+    cfg: TargetConfig
+
+    def prepare(self, model: Any, onnx_path: Path, shape: tuple[int, int, int, int], data: Any) -> Prepared:
+        from nas.quantize import calibration_batches
+        from nas.tflite_convert import to_tflite
+
+        conv = to_tflite(model, shape, onnx_path.with_suffix(".tflite"), str(self.cfg.precision),
+                         calibration_batches(shape, data))
+        return Prepared(conv.path, {"conversion": {k: v for k, v in conv.to_dict().items() if k != "path"}},
+                        conv.seconds)
+
+    @classmethod
+    def deployed_top1(cls, cfg: TargetConfig, model: Any, data: Any, batch_size: int) -> float | None:
+        if cfg.precision != Precision.int8:
+            return None
+        from nas.tflite_convert import tflite_top1
+
+        return tflite_top1(model, data)[0]
+
+    @classmethod
+    def bundle_files(cls, cfg: TargetConfig, model: Any, shape: tuple[int, int, int, int],
+                     out: Path) -> dict[str, Any]:
+        from nas.tflite_convert import to_tflite
+
+        name = f"model_{cfg.precision}.tflite"
+        conv = to_tflite(model, shape, out / name, str(cfg.precision))
+        return {"tflite": {"file": name, **{k: v for k, v in conv.to_dict().items() if k != "path"},
+                           "calibration": "seeded noise (the weights are random too): re-quantize the trained model "
+                                          "with real images"}}
+
+    @classmethod
+    def deploy_note(cls, cfg: TargetConfig) -> str:
+        p = cfg.precision
+        return (f"; the latency is that of its {p} TFLite form (model_{p}.tflite: litert-torch + ai-edge-quantizer), "
+                "so convert the trained model the same way (nas.tflite_convert.to_tflite with real calibration images)")
+
+
+@dataclass
+class LiteRtConfig(TargetConfig):
+    """LiteRT on this CPU: int8 (full-integer) or fp32 TFLite files."""
+
+    backend: str = "litert"
+    precision: Precision = Precision.int8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.precision in (Precision.int8, Precision.fp32),
+                f"target.precision={self.precision}: TFLite targets take int8 (full-integer) or fp32")
+        require(self.scope == Scope.model, f"target.scope={self.scope}: TFLite targets measure scope=model only")
+
+
+@targets.register("litert", LiteRtConfig, option=False)
+class LiteRtTarget(TfliteFiles, Target):
     """Measures ``.tflite`` files with the LiteRT interpreter, fixed threads, as the ONNX Runtime target does."""
 
-    artifact = "tflite"
+    file_format = "tflite"
 
     def __init__(self, cfg: TargetConfig) -> None:
-        if cfg.scope != "model":
-            raise TargetError(f"target {cfg.name}: scope={cfg.scope} is not supported for TFLite; use scope=model")
+        super().__init__(cfg)
         try:
             import ai_edge_litert.interpreter  # noqa: F401
         except ImportError as e:
             raise TargetError(f"target {cfg.name}: the LiteRT interpreter is missing ({e}); "
                               "pip install 'ai-edge-litert>=2.3'") from None
-        self.cfg = cfg
-        self.name = cfg.name
-        self.last_timings: dict[str, float] = {}
 
-    def fingerprint(self) -> dict[str, Any]:
+    def facts(self) -> dict[str, Any]:
         import torch
 
         v = litert_versions()
         return {
-            "target": self.cfg.name,
             "device": cpu_model(),
             "machine": platform.machine(),
             "runtime": f"ai-edge-litert {v['ai-edge-litert']}",
             "converter": f"torch {torch.__version__.split('+')[0]} litert-torch {v['litert-torch']} "
                          f"ai-edge-quantizer {v['ai-edge-quantizer']}",
-            "threads": self.cfg.threads,
-            "precision": self.cfg.precision,
-            "batch": self.cfg.input_shape[0],
-            "warmup": self.cfg.warmup,
-            "repeats": self.cfg.repeats,
-            "rounds": self.cfg.rounds,
-            "scope": "model",
         }
 
     def interpreter(self, model_path: Path, delegates: list[Any] | None = None) -> Any:
@@ -82,15 +126,14 @@ class LiteRtTarget:
         try:
             return interpreter(model_path, self.cfg.threads, delegates)
         except (ValueError, RuntimeError) as e:
-            raise TargetError(f"LiteRT cannot load {model_path}: {first_line(e)}") from None
+            raise CandidateFailed(f"LiteRT cannot load {model_path}: {first_line(e)}") from None
 
-    def measure(self, model_path: Path) -> LatencyStats:
+    def measure(self, path: Path) -> Measurement:
         t0 = time.perf_counter()
-        it = self.interpreter(model_path)
+        it = self.interpreter(path)
         t1 = time.perf_counter()
         stats = time_interpreter(it, self.cfg)
-        self.last_timings = {"session": t1 - t0, "measure": time.perf_counter() - t1}
-        return stats
+        return Measurement(stats, timings={"session": t1 - t0, "measure": time.perf_counter() - t1})
 
 
 def time_interpreter(it: Any, cfg: TargetConfig) -> LatencyStats:

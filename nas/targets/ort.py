@@ -1,4 +1,4 @@
-"""Local ONNX Runtime target: fixed threads, warm-up, timed runs, percentiles."""
+"""ONNX Runtime backend (``target=cpu``, ``target=cuda``): fixed threads, warm-up, timed runs, percentiles."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import platform
 import sys
 import time
 from contextlib import redirect_stdout
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nas.config import TargetConfig
-from nas.errors import TargetError, first_line
-from nas.targets.base import LatencyStats
+from nas.errors import CandidateFailed, TargetError, first_line
+from nas.targets.base import Measurement, Target, targets
 from nas.targets.gpu import (
     GPU_INSTALL,
     clash,
@@ -26,7 +27,7 @@ from nas.targets.gpu import (
     unloaded_gpu_providers,
     wants_gpu,
 )
-from nas.targets.timing import run_rounds
+from nas.targets.timing import DriftProbe, measure_with_drift_check, run_rounds
 
 
 def cpu_model() -> str:
@@ -51,14 +52,45 @@ def _probe_model() -> bytes:
     return model.SerializeToString()
 
 
-class OnnxRuntimeTarget:
+@dataclass
+class OrtConfig(TargetConfig):
+    """ONNX Runtime on this machine: the execution providers in order of preference."""
+
+    backend: str = "onnxruntime"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+
+
+def _drift_workload() -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i, cin in enumerate((3, 32, 32)):
+        w = numpy_helper.from_array(rng.standard_normal((32, cin, 3, 3)).astype(np.float32) * 0.1, f"w{i}")
+        inits.append(w)
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 32, 32, 32])
+    model = helper.make_model(helper.make_graph(nodes, "drift_probe", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@targets.register("onnxruntime", OrtConfig, option=False)
+class OnnxRuntimeTarget(Target):
     """Measures ONNX models with an ``InferenceSession`` on the configured execution providers.
 
     On a GPU provider, ``run`` takes and returns host arrays and returns once the output is back on the host, so
     every timed run is synchronised with the device and includes the input and output copies.
     """
 
-    def __init__(self, cfg: TargetConfig) -> None:
+    cfg: OrtConfig
+
+    def __init__(self, cfg: OrtConfig) -> None:
+        super().__init__(cfg)
         import onnxruntime as ort
 
         self.gpu = wants_gpu(list(cfg.providers))
@@ -71,33 +103,20 @@ class OnnxRuntimeTarget:
                 hint = " " + (clash(installed_builds()) or f"install the GPU build: {GPU_INSTALL}")
             raise TargetError(f"target {cfg.name}: ONNX Runtime here lacks {missing} "
                               f"(available: {ort.get_available_providers()});{hint}")
-        self.cfg = cfg
-        self.name = cfg.name
-        self.last_timings: dict[str, float] = {}  # seconds of the last measure(): session, measure
         self._ort = ort
         self.accelerator: str | None = None
         # What a session really registers: the fingerprint names those, never merely the requested ones.
         self.providers = list(self.session(_probe_model(), "a one-op probe model").get_providers())
         if wants_gpu(self.providers):
             self.accelerator = gpu_name()
+        self.drift_probe = self._drift_probe() if cfg.drift_tolerance > 0 else None
 
-    def fingerprint(self) -> dict[str, Any]:
-        import torch
-
+    def facts(self) -> dict[str, Any]:
         return {
-            "target": self.cfg.name,
             "device": cpu_model(),
             "machine": platform.machine(),
             "runtime": f"onnxruntime {self._ort.__version__}",
             "providers": self.providers,
-            "threads": self.cfg.threads,
-            "precision": self.cfg.precision,
-            "batch": self.cfg.input_shape[0],
-            "exporter": f"torch {torch.__version__.split('+')[0]} {self.cfg.exporter} opset{self.cfg.opset}",
-            "warmup": self.cfg.warmup,
-            "repeats": self.cfg.repeats,
-            "rounds": self.cfg.rounds,
-            "scope": self.cfg.scope if self.cfg.scope == "model" else f"pipeline from {self.cfg.source_size} JPEG",
             # Two GPUs behind the same host CPU must never share a measurement.
             **({"accelerator": self.accelerator} if self.accelerator else {}),
         }
@@ -128,18 +147,32 @@ class OnnxRuntimeTarget:
             return self._ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                               providers=list(self.cfg.providers))
         except Exception as e:  # ORT raises its own exception types for corrupt or unsupported models
-            raise TargetError(f"ONNX Runtime cannot load {what or model}: {first_line(e)}") from None
+            raise CandidateFailed(f"ONNX Runtime cannot load {what or model}: {first_line(e)}") from None
 
-    def measure(self, model_path: Path) -> LatencyStats:
+    def measure(self, path: Path) -> Measurement:
         t0 = time.perf_counter()
-        sess = self.session(model_path)
+        sess = self.session(path)
         t1 = time.perf_counter()
-        stats = self.measure_session(sess)
-        self.last_timings = {"session": t1 - t0, "measure": time.perf_counter() - t1}
-        return stats
+        step = self._step(sess)
+        try:
+            stats, drift = measure_with_drift_check(
+                lambda: run_rounds(step, self.cfg, split=self.cfg.scope == "pipeline"), self.drift_probe,
+                self.cfg.drift_tolerance)
+        except self._ort_errors() as e:  # a model that loads but cannot run (a shape it cannot take)
+            raise CandidateFailed(f"ONNX Runtime cannot run {path.name}: {first_line(e)}") from None
+        return Measurement(stats, {"drift": drift} if drift else {},
+                           timings={"session": t1 - t0, "measure": time.perf_counter() - t1})
 
-    def measure_session(self, sess: Any) -> LatencyStats:
-        return run_rounds(self._step(sess), self.cfg, split=self.cfg.scope == "pipeline")
+    def _drift_probe(self) -> DriftProbe:
+        """Three small convolutions (about 1-2 ms on one core) in a session like the candidates'."""
+        sess = self.session(_drift_workload(), "the drift probe")
+        feeds = {i.name: _random_input(i, [1, 3, 32, 32]) for i in sess.get_inputs()}
+        return DriftProbe(lambda: sess.run(None, feeds))
+
+    def _ort_errors(self) -> tuple[type[BaseException], ...]:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+        return (Fail, InvalidArgument, RuntimeException)
 
     def _step(self, sess: Any) -> Any:
         """One timed run: the model alone, or decode -> resize -> normalise -> model -> softmax/top-5."""

@@ -1,0 +1,73 @@
+"""A new target, added through the public registry from outside the package, runs `nas measure` and `nas search`."""
+
+import os
+import textwrap
+
+import pytest
+
+from tests.conftest import FAST, last_json, run_nas
+
+TOY = textwrap.dedent('''
+    """A toy backend: its "device" takes ms_per_mb milliseconds per megabyte of model file."""
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from nas.config import TargetConfig
+    from nas.targets import Measurement, Target, targets
+    from nas.targets.base import LatencyStats
+
+
+    @dataclass
+    class ToyConfig(TargetConfig):
+        name: str = "toy"
+        backend: str = "toy"
+        ms_per_mb: float = 1.0
+
+
+    @targets.register("toy", ToyConfig)
+    class ToyTarget(Target):
+        def facts(self):
+            return {"device": "toy device", "ms_per_mb": self.cfg.ms_per_mb}
+
+        def measure(self, path: Path) -> Measurement:
+            ms = path.stat().st_size / 1e6 * self.cfg.ms_per_mb
+            return Measurement(LatencyStats.from_samples([ms] * self.cfg.repeats))
+''')
+
+
+@pytest.fixture
+def plugin_env(tmp_path, monkeypatch):
+    (tmp_path / "toy_target.py").write_text(TOY)
+    monkeypatch.setenv("NAS_PLUGINS", "toy_target")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return tmp_path
+
+
+def test_a_plugin_target_measures(plugin_env):
+    res = run_nas("measure", "arch=mobilenetv3_small_100", "target=toy", "target.ms_per_mb=2", "format=json",
+                  "num_classes=10", f"workdir={plugin_env / 'wd'}", cwd=plugin_env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = last_json(res.stdout)
+    assert out["fingerprint"]["device"] == "toy device" and out["fingerprint"]["ms_per_mb"] == 2.0
+    assert out["fingerprint"]["target"] == "toy"
+    # float32 weights: about 4 bytes per parameter, so ~2 ms per 0.25 M parameters
+    assert out["latency_ms"]["p50"] == pytest.approx(out["params"] * 4 / 1e6 * 2, rel=0.1)
+
+
+def test_a_plugin_target_drives_a_search(plugin_env):
+    wd = plugin_env / "wd"
+    res = run_nas("search", "target=toy", f"workdir={wd}", "study.n_trials=1", "search_space.enqueue_references=false",
+                  "budget_ms=1000", "format=json", *[o for o in FAST if not o.startswith("target.")],
+                  cwd=plugin_env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = last_json(res.stdout)
+    assert out["complete"] == 1 and out["study"] == "toy-mbconv-digits-1000ms"
+    assert (wd / "exports" / "toy-1000ms" / "model_card.json").exists()
+
+
+def test_an_unknown_plugin_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAS_PLUGINS", "no_such_plugin_module")
+    res = run_nas("measure", "arch=mobilenetv3_small_100", cwd=tmp_path)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "plugin 'no_such_plugin_module' cannot be imported" in lines[0]

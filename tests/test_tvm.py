@@ -1,0 +1,106 @@
+"""target=tvm: an untuned compile-and-measure end to end on a real small model, the shared tuning database (a
+workload with a record is not tuned again, by this candidate or the next), and a missing TVM in one line."""
+
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.config import Precision
+from nas.errors import ConfigError, TargetError
+from nas.onnx_export import export_onnx
+from nas.search_spaces.references import reference_archs
+from nas.targets import make_target
+from nas.targets.tvm import TvmConfig
+from tests.conftest import last_json, run_nas
+
+needs_tvm = pytest.mark.skipif(find_spec("tvm") is None,
+                               reason="Apache TVM is not installed: pip install 'apache-tvm==0.27.*'")
+QUICK = {"warmup": 2, "repeats": 10, "rounds": 2, "round_pause_s": 0.0}
+
+
+def conv_net(head: int) -> torch.nn.Module:
+    """Two small networks that share their convolution's workload and differ in the classifier's."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, head)).eval()
+
+
+@needs_tvm
+def test_untuned_measure_and_fingerprint(tmp_path):
+    arch = tmp_path / "mnv3s_32.json"
+    arch.write_text(reference_archs(32)["mobilenetv3_small_100"].to_json())
+    res = run_nas("measure", f"arch={arch}", "target=tvm", "num_classes=10", f"workdir={tmp_path / 'wd'}",
+                  "format=json", "target.warmup=2", "target.repeats=10", "target.rounds=2", "target.round_pause_s=0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = last_json(res.stdout)
+    fp = out["fingerprint"]
+    assert fp["target"] == "tvm" and fp["runtime"].startswith("apache-tvm 0.27") and fp["tuning"] == "untuned"
+    assert fp["compiler_target"].startswith("llvm -mcpu=") and fp["precision"] == "fp32" and fp["threads"] == 1
+    assert out["tvm"]["compile_s"] > 0 and "tasks" not in out["tvm"]  # untuned: nothing looked up or tuned
+    assert 0 < out["latency_ms"]["min"] <= out["latency_ms"]["p50"] <= out["latency_ms"]["p90"]
+
+
+def _record_every_workload(target, onnx_path: Path) -> int:
+    """Commit a (default-schedule) tuning record for each workload of the model: as if tuned already."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = target.lowered(target._import(onnx_path)[0])
+    db_dir = target.database_dir()
+    db_dir.mkdir(parents=True, exist_ok=True)
+    db = ms.database.JSONDatabase(work_dir=str(db_dir))
+    tasks = ms.relax_integration.extract_tasks(mod, target.compiler_target)
+    for t in tasks:
+        sch = tvm.s_tir.Schedule(t.dispatched[0])
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(t.dispatched[0]),
+                                                         [1e-3], target.compiler_target))
+    return len(tasks)
+
+
+@needs_tvm
+def test_tuning_database_is_shared_by_candidates(tmp_path):
+    from tvm.s_tir import meta_schedule as ms
+
+    from nas.targets.tvm import new_workloads
+
+    a = export_onnx(conv_net(4), (1, 3, 16, 16), tmp_path / "a.onnx")
+    b = export_onnx(conv_net(6), (1, 3, 16, 16), tmp_path / "b.onnx")
+    target = make_target(TvmConfig(tune_trials=8, tuning_db=str(tmp_path / "db"), **QUICK))
+    assert "8 trials per candidate" in target.fingerprint()["tuning"]
+    n = _record_every_workload(target, a)
+    # Every workload of candidate a has a record: measuring it tunes nothing (no builder or runner is started).
+    m = target.measure(a)
+    assert m.details["tvm"]["tasks"] == n and m.details["tvm"]["already_tuned"] == n
+    assert m.details["tvm"]["trials"] == 0 and target._workers is None and m.stats.p50 > 0
+    # Candidate b shares the convolution (same shape) but not the classifier: only its new workloads are left.
+    mod_b = target.lowered(target._import(b)[0])
+    tasks = ms.relax_integration.extract_tasks(mod_b, target.compiler_target)
+    left = new_workloads(tasks, ms.database.JSONDatabase(work_dir=str(target.database_dir())), target.compiler_target)
+    names = {t.task_name for t in left}
+    assert 0 < len(left) < len(tasks) and not any("conv2d" in name for name in names)
+
+
+@needs_tvm
+def test_the_database_is_keyed_by_setup(tmp_path):
+    one = make_target(TvmConfig(tuning_db=str(tmp_path), threads=1))
+    two = make_target(TvmConfig(tuning_db=str(tmp_path), threads=2))
+    assert one.database_dir() != two.database_dir() and one.database_dir().parent == tmp_path
+
+
+def test_tvm_settings_it_cannot_run_are_one_line():
+    with pytest.raises(ConfigError, match=r"target\.precision=int8: target=tvm runs fp32 only"):
+        TvmConfig(precision=Precision.int8)
+    with pytest.raises(ConfigError, match=r"target\.tune_trials=-1 must be >= 0"):
+        TvmConfig(tune_trials=-1)
+
+
+def test_missing_tvm_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tvm", None)  # as if not installed
+    with pytest.raises(TargetError) as e:
+        make_target(TvmConfig())
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("target tvm: Apache TVM is not installed; pip install 'apache-tvm==0.27.*'")
