@@ -87,8 +87,9 @@ def open_study(cfg: SearchConfig, workdir: Path, target: Target, space: Any, tra
         """A trial whose worker died: closed in MLflow, and run again once by whichever worker comes next."""
         if run_id := trial.user_attrs.get(names.RUN_ID):
             tracker.fail_run(run_id, reason)
-        if names.REFERENCE not in trial.user_attrs:  # references are re-enqueued by enqueue_references
-            retry(study, trial)
+        # A reference too: its waiting copy keeps its reference attribute, so enqueue_references will not add
+        # another; a survivor that never restarts would otherwise never run it.
+        retry(study, trial)
 
     storage = open_storage(url, workdir, stale)
     with setup_lock(url, workdir):

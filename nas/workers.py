@@ -41,7 +41,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    # A killed worker whose parent has not collected it yet (a launcher, a test) is a zombie: dead all the same.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def is_dead(worker: dict[str, Any] | None) -> bool:

@@ -1,7 +1,6 @@
 """A real `nas agent` on loopback: measurements, the security rules, serialisation, a remote search."""
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -16,14 +15,9 @@ from nas.build import build_model
 from nas.onnx_export import export_onnx
 from nas.search_spaces.references import reference_archs
 from tests.conftest import FAST, nas_bin, run_nas
+from tests.servers import free_port
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_agent(*args: str) -> tuple[subprocess.Popen, str]:

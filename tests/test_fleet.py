@@ -4,99 +4,36 @@ The servers are started here, on loopback, in temporary folders, and stopped aft
 with a one-line reason where its server binaries are missing.
 """
 
-import glob
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FAST, last_json, nas_bin, run_nas
+from tests.servers import free_port, postgres_server
+from tests.servers import mlflow_server as start_mlflow_server
 from tests.test_agent import start_agent
 
 STUDY = "cpu-mbconv-digits-50ms"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
-    return found
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run it as the postgres user."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
-    # Not under pytest's temporary folders: they are private to this user, and the server runs as postgres.
-    root = Path(tempfile.mkdtemp(prefix="nas-pg-"))
-    root.chmod(0o755)
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    subprocess.run(_as_postgres([initdb, "-D", str(data), "--auth=trust", "-U", "postgres"]), check=True,
-                   capture_output=True)
-    port = free_port()
-    subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                                 f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"]), check=True,
-                   capture_output=True)
     try:
-        import psycopg
-
-        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
-            for db in ("nas1", "nas2", "nas3"):
-                conn.execute(f"CREATE DATABASE {db}")
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        with postgres_server(("nas1", "nas2", "nas3")) as url:
+            yield url
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    exe = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
