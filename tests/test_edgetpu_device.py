@@ -184,7 +184,8 @@ def test_explicit_compiler_path_that_is_missing(tmp_path: Path) -> None:
 def _cfg():
     from nas.targets.edgetpu import EdgeTpuConfig
 
-    return EdgeTpuConfig(name="edgetpu", input_shape=[1, 3, 32, 32], warmup=2, repeats=10, rounds=2, round_pause_s=0)
+    return EdgeTpuConfig(name="edgetpu", input_shape=[1, 3, 32, 32], warmup=2, repeats=10, rounds=2, round_pause_s=0,
+                         tolerance=0, drift_tolerance=0)
 
 
 _REASON = probe()

@@ -11,7 +11,8 @@ from nas.targets.ort import OrtConfig, io_bound_pipeline
 from nas.targets.pipeline import Pipeline
 from tests.conftest import last_json, run_nas
 
-QUICK = ["target.warmup=1", "target.repeats=10", "target.rounds=2", "target.round_pause_s=0"]
+QUICK = ["target.warmup=1", "target.repeats=10", "target.rounds=2", "target.round_pause_s=0", "target.tolerance=0",
+         "target.drift_tolerance=0"]
 
 
 def test_pipeline_scope_splits_the_time(tmp_path):
@@ -52,7 +53,8 @@ def test_batch_size_is_part_of_the_set_up(tmp_path):
 
 
 def test_batched_export_is_measured_at_its_batch(tmp_path):
-    cfg = OrtConfig(input_shape=[4, 3, 64, 64], warmup=1, repeats=10, rounds=2, round_pause_s=0)
+    cfg = OrtConfig(input_shape=[4, 3, 64, 64], warmup=1, repeats=10, rounds=2, round_pause_s=0, tolerance=0,
+                    drift_tolerance=0)
     path = export_onnx(build_model(reference_archs()["mobilenetv3_small_100"], 10), (4, 3, 64, 64),
                        tmp_path / "b4.onnx")
     assert ort.InferenceSession(str(path)).get_inputs()[0].shape == [4, 3, 64, 64]

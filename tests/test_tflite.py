@@ -46,7 +46,7 @@ def test_conversion_is_fully_int8_and_agrees_with_the_float_model(small_tflite):
 def test_measure_converts_and_times_an_arch_on_tflite_cpu(tmp_path):
     res = run_nas("measure", "arch=mobilenetv3_small_100", "target=tflite_cpu", f"workdir={tmp_path}",
                   "format=json", "target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10",
-                  "target.rounds=2", "target.round_pause_s=0")
+                  "target.rounds=2", "target.round_pause_s=0", "target.tolerance=0", "target.drift_tolerance=0")
     assert res.returncode == 0, res.stderr[-2000:]
     out = last_json(res.stdout)
     assert out["latency_source"] == "measured" and out["latency_ms"]["n"] == 10 and out["latency_ms"]["p50"] > 0
