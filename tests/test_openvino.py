@@ -50,6 +50,7 @@ def test_measure_and_fingerprint(tmp_path, arch64):
 
 
 @needs_openvino
+@pytest.mark.isolated
 def test_int8_is_nncf_quantized_and_its_accuracy_is_the_quantized_models(tmp_path, monkeypatch):
     import openvino as ov
 
@@ -82,6 +83,7 @@ def test_int8_is_nncf_quantized_and_its_accuracy_is_the_quantized_models(tmp_pat
 
 
 @needs_openvino
+@pytest.mark.isolated
 def test_fp16_where_the_device_lacks_it_is_one_line():
     import openvino as ov
 
@@ -93,6 +95,7 @@ def test_fp16_where_the_device_lacks_it_is_one_line():
 
 
 @needs_openvino
+@pytest.mark.isolated
 def test_a_device_openvino_does_not_report_is_one_line():
     with pytest.raises(TargetError, match=r"target\.device=NOPE: OpenVINO here reports only"):
         make_target(OpenVinoConfig(device="NOPE"))
