@@ -1,6 +1,8 @@
 """A new target, added through the public registry from outside the package, runs `nas measure` and `nas search`."""
 
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -26,6 +28,8 @@ TOY = textwrap.dedent('''
 
     @targets.register("toy", ToyConfig)
     class ToyTarget(Target):
+        agent_runtime = True  # `nas agent` serves it as runtime=toy
+
         def facts(self):
             return {"device": "toy device", "ms_per_mb": self.cfg.ms_per_mb}
 
@@ -71,3 +75,15 @@ def test_an_unknown_plugin_is_one_line(tmp_path, monkeypatch):
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "plugin 'no_such_plugin_module' cannot be imported" in lines[0]
+
+
+def test_the_agent_serves_a_plugin_backend_from_the_registry(plugin_env):
+    """The agent's runtimes come from the registry (``agent_runtime``): a new backend needs no edit to the agent."""
+    code = ("from nas.registry import load_plugins; load_plugins(); from nas.agent.server import agent_runtimes; "
+            "print(agent_runtimes()); print(agent_runtimes(installed_only=True))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=plugin_env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    served, installed = (eval(line) for line in res.stdout.strip().splitlines()[-2:])
+    assert served[0] == "onnxruntime" and {"litert", "edgetpu", "openvino", "toy"} <= set(served)
+    assert "remote" not in served and "tvm" not in served  # a client of agents, and a compiler it does not serve
+    assert "toy" in installed and "onnxruntime" in installed

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import functools
 import hmac
-import importlib.util
 import math
 import multiprocessing
 import os
@@ -54,7 +53,14 @@ LIMITS = {"threads": (1, 256), "warmup": (0, 1000), "repeats": (5, 10000), "roun
 CLAMPED = {"round_pause_s": (0.0, 1.0), "tolerance": (0.0, 1.0), "drift_tolerance": (0.0, 1.0),
            "time_limit_s": (0.1, 60.0)}
 PARAMS = (*LIMITS, *CLAMPED, "providers", "scope", "runtime", "source_size", "precision")
-RUNTIMES = ("onnxruntime", "litert", "edgetpu", "openvino")  # the target backends an agent serves
+
+
+def agent_runtimes(installed_only: bool = False) -> list[str]:
+    """The target backends an agent serves (``agent_runtime``), from the registry: a new backend needs no edit here."""
+    names = [n for n in targets.names() if getattr(targets.get(n).factory, "agent_runtime", False)]
+    names = sorted(names, key=lambda n: n != "onnxruntime")  # the default first
+    return [n for n in names if targets.get(n).factory.installed()] if installed_only else names
+
 TMP_PREFIX = "nas-agent-"  # + PID + "-": lets a later agent tell a dead agent's folder from a live one's
 # Imported once by the fork server, so each measurement process starts in milliseconds (torch: the fingerprint).
 PRELOAD = ["nas.agent.server", "onnxruntime", "torch"]
@@ -206,8 +212,7 @@ class Agent:
         litert = litert_versions()["ai-edge-litert"]
         return {"device": cpu_model(), "machine": platform.machine(), "runtime": f"onnxruntime {ort.__version__}",
                 "litert": f"ai-edge-litert {litert}" if litert != "missing" else "LiteRT missing",
-                "runtimes": ["onnxruntime"] + (["litert", "edgetpu"] if litert != "missing" else [])
-                + (["openvino"] if importlib.util.find_spec("openvino") else []),
+                "runtimes": agent_runtimes(installed_only=True),
                 "providers": ort.get_available_providers(), "gpu": gpu_status(),
                 "max_upload_bytes": self._max_bytes(), "max_queue": self.cfg.max_queue}
 
@@ -303,8 +308,8 @@ class Agent:
         if "precision" in q:  # the models are converted on the client: precision labels the fingerprint
             values["precision"] = _choice("precision", q["precision"], Precision)
         runtime = q.get("runtime", "onnxruntime")
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime={runtime} must be one of {', '.join(RUNTIMES)}")
+        if runtime not in agent_runtimes():
+            raise ValueError(f"runtime={runtime} must be one of {', '.join(agent_runtimes())}")
         if "source_size" in q:
             parts = q["source_size"].split(",")
             if len(parts) != 2:

@@ -153,6 +153,13 @@ class Target(ABC):
     file_format: ClassVar[str] = "onnx"  # what ``measure`` runs: onnx or tflite
     predicted: bool = False  # True: latencies come from a model of the device, none ran it
     local: bool = True  # timed on this machine's CPU, so other workers' load here would skew it
+    # Served by `nas agent` as ``runtime=<registered name>``; `installed()` says whether this machine can run it.
+    agent_runtime: ClassVar[bool] = False
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether the packages this backend imports are present (the agent lists only those in ``/info``)."""
+        return True
 
     def __init__(self, cfg: TargetConfig) -> None:
         self.cfg = cfg

@@ -44,6 +44,11 @@ class TfliteFiles:
     """What every target that runs TFLite files shares: conversion, int8 accuracy as deployed, bundle files."""
 
     cfg: TargetConfig
+    agent_runtime = True  # the agent runs TFLite files it is sent (and compiles them for its Edge TPU)
+
+    @classmethod
+    def installed(cls) -> bool:
+        return litert_versions()["ai-edge-litert"] != "missing"
 
     def prepare(self, model: Any, onnx_path: Path, shape: tuple[int, int, int, int], data: Any) -> Prepared:
         from nas.quantize import calibration_batches

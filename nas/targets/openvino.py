@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,12 @@ def import_openvino(name: str) -> Any:
 @targets.register("openvino", OpenVinoConfig, option=False)
 class OpenVinoTarget(Target):
     """Measures ONNX (or OpenVINO IR) files compiled by ``ov.Core`` with one synchronous infer request."""
+
+    agent_runtime = True
+
+    @classmethod
+    def installed(cls) -> bool:
+        return find_spec("openvino") is not None
 
     cfg: OpenVinoConfig
 

@@ -87,6 +87,8 @@ class OnnxRuntimeTarget(Target):
     every timed run is synchronised with the device and includes the input and output copies.
     """
 
+    agent_runtime = True
+
     cfg: OrtConfig
 
     def __init__(self, cfg: OrtConfig) -> None:

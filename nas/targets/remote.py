@@ -68,6 +68,7 @@ class _Agent:
 class RemoteTarget(TfliteFiles, Target):
     cfg: RemoteConfig
     local = False  # the agent serialises measurements on its device
+    agent_runtime = False  # a client of agents, not a runtime one serves
     def __init__(self, cfg: RemoteConfig) -> None:
         super().__init__(cfg)
         self.file_format = "onnx" if cfg.runtime == RemoteRuntime.onnxruntime else "tflite"  # type: ignore[misc]
