@@ -53,7 +53,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(ISOLATED_ENV):
         return None
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", pyfuncitem.nodeid],
         capture_output=True, text=True, cwd=pyfuncitem.config.rootpath, timeout=900,
         env={**os.environ, ISOLATED_ENV: "1"})
     out = res.stdout + res.stderr
