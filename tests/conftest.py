@@ -43,8 +43,8 @@ def fast() -> list[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "isolated: run in a fresh interpreter (OpenVINO, NNCF and TVM loaded beside torch in one long "
-        "pytest process crashed a full-suite run with SIGSEGV and hung a TVM compile)")
+        "markers", "isolated: run in a fresh interpreter (OpenVINO and NNCF loaded beside torch in one long pytest "
+        "process crashed a full-suite CI run with SIGSEGV; TVM is kept apart the same way)")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -54,16 +54,16 @@ CLAMPED = {"round_pause_s": (0.0, 1.0), "tolerance": (0.0, 1.0), "drift_toleranc
            "time_limit_s": (0.1, 60.0)}
 PARAMS = (*LIMITS, *CLAMPED, "providers", "scope", "runtime", "source_size", "precision")
 
-
-def agent_runtimes(installed_only: bool = False) -> list[str]:
-    """The target backends an agent serves (``agent_runtime``), from the registry: a new backend needs no edit here."""
-    names = [n for n in targets.names() if getattr(targets.get(n).factory, "agent_runtime", False)]
-    names = sorted(names, key=lambda n: n != "onnxruntime")  # the default first
-    return [n for n in names if targets.get(n).factory.installed()] if installed_only else names
-
 TMP_PREFIX = "nas-agent-"  # + PID + "-": lets a later agent tell a dead agent's folder from a live one's
 # Imported once by the fork server, so each measurement process starts in milliseconds (torch: the fingerprint).
 PRELOAD = ["nas.agent.server", "onnxruntime", "torch"]
+
+
+def agent_runtimes(installed_only: bool = False) -> list[str]:
+    """The target backends an agent serves (``agent_runtime``), from the registry: a new backend needs no edit here."""
+    names = [n for n in targets.names() if targets.get(n).factory.agent_runtime]
+    names = sorted(names, key=lambda n: n != "onnxruntime")  # the default first
+    return [n for n in names if targets.get(n).factory.installed()] if installed_only else names
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
