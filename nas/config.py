@@ -176,8 +176,12 @@ class DatasetConfig:
     min_resolution: int = 16
     val_fraction: float = 0.2
     seed: int = 0
+    # A random subset of this many images (None: all), drawn before the split: big trees, quick smoke runs.
+    max_images: int | None = None
 
     def __post_init__(self) -> None:
+        require(self.max_images is None or self.max_images >= 20,
+                f"dataset.max_images={self.max_images} must be at least 20 (or null for all)")
         require(0.0 < self.val_fraction < 1.0, f"dataset.val_fraction={self.val_fraction} must be in (0, 1)")
         require(0.0 < self.proxy_scale <= 4.0, f"dataset.proxy_scale={self.proxy_scale} must be in (0, 4]")
         require(self.min_resolution >= 8, f"dataset.min_resolution={self.min_resolution} must be >= 8")

@@ -13,11 +13,11 @@ import pytest
 # Set in the child interpreter that runs an `isolated` test, so the hook below runs it there instead of respawning.
 ISOLATED_ENV = "NAS_TEST_ISOLATED"
 
-# Small but real: 64 px deployment shape, 16 px digits, one epoch, a few timed runs.
+# Small but real: 64 px deployment shape, 16 px digits (400 of them), one epoch, a few timed runs.
 FAST = [
     "search_space.resolution=[64]", "target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10",
     "target.rounds=2", "target.round_pause_s=0", "dataset.proxy_scale=0.25", "study.epochs=1", "study.reeval_top_k=0",
-    "target.tolerance=0", "target.drift_tolerance=0",
+    "target.tolerance=0", "target.drift_tolerance=0", "dataset.max_images=400",
     "card_runtimes=[]",  # the card's other-runtime figures (a TVM compile each): tested in test_runtimes/openvino
 ]
 

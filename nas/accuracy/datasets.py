@@ -186,7 +186,6 @@ class ImageFolderConfig(DatasetConfig):
     name: str = "imagefolder"
     proxy_scale: float = 0.25
     path: str | None = None
-    max_images: int | None = None  # use a random subset of this many images (None: all)
     workers: int | None = None  # DataLoader worker processes (None: min(4, CPU cores))
 
 
@@ -224,9 +223,7 @@ class FolderData:
         if len(classes) < 2:
             raise DatasetError(f"dataset.path={cfg.path} has {len(classes)} class folder(s) with images; need at "
                                "least 2")
-        if cfg.max_images is not None and len(samples) > cfg.max_images:
-            keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(samples))[:cfg.max_images])
-            samples = [samples[i] for i in keep]
+        samples = [samples[i] for i in _subset(len(samples), cfg)]
         _check_readable(samples)
         labels = np.array([label for _, label in samples])
         train_idx, val_idx = _stratified(labels, cfg.val_fraction, cfg.seed, "imagefolder")
@@ -375,6 +372,15 @@ def _stratified(labels: np.ndarray, val_fraction: float, seed: int, name: str) -
 
 
 def split(x: torch.Tensor, y: torch.Tensor, cfg: DatasetConfig, augment: bool) -> ImageData:
-    """An in-memory dataset, split stratified (``cfg.val_fraction``, ``cfg.seed``)."""
+    """An in-memory dataset (``cfg.max_images`` of it), split stratified (``cfg.val_fraction``, ``cfg.seed``)."""
+    keep = torch.from_numpy(_subset(len(y), cfg))
+    x, y = x[keep], y[keep]
     tr, va = _stratified(y.numpy(), cfg.val_fraction, cfg.seed, cfg.name)
     return ImageData(x[tr], y[tr], x[va], y[va], int(y.max()) + 1, cfg.name, augment)
+
+
+def _subset(n: int, cfg: DatasetConfig) -> np.ndarray:
+    """Sorted indices of the ``cfg.max_images`` images kept (a seeded random subset), or of all ``n``."""
+    if cfg.max_images is None or n <= cfg.max_images:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(cfg.seed).permutation(n)[:cfg.max_images])
