@@ -40,7 +40,8 @@ MODEL = f"nas-cpu-{BUDGET}ms"
 # As tests/conftest.py's FAST: a small but real search.
 SEARCH = ["search_space.resolution=[64]", "target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10",
           "target.rounds=2", "target.round_pause_s=0", "target.tolerance=0", "target.drift_tolerance=0",
-          "dataset.proxy_scale=0.25", "study.epochs=1", "study.reeval_top_k=0"]
+          "dataset.proxy_scale=0.25", "dataset.max_images=400", "study.epochs=1", "study.reeval_top_k=0",
+          "card_runtimes=[]"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 WAIT_MS = 90_000  # a busy 2-core machine renders the first page slowly

@@ -25,8 +25,9 @@ def start(wd: Path, n: int) -> subprocess.Popen:
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
-def kill_after(proc: subprocess.Popen, lines: int, wd: Path) -> None:
-    """SIGKILL the search once ``lines`` trials have finished and the next one is running."""
+def signal_after(proc: subprocess.Popen, lines: int, wd: Path, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` once ``lines`` trials have finished and the next one is running (not after a fixed sleep: a
+    trial of the tests' small search takes a few seconds, and a loaded machine stretches any pause)."""
     seen = 0
     for line in proc.stdout:
         seen += line.startswith("[")
@@ -38,8 +39,8 @@ def kill_after(proc: subprocess.Popen, lines: int, wd: Path) -> None:
         if running and "mlflow_run_id" in running[0].user_attrs:
             break
         time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=30)
+    proc.send_signal(sig)
+    proc.communicate(timeout=300)
 
 
 def trials(wd: Path) -> list[optuna.trial.FrozenTrial]:
@@ -56,12 +57,12 @@ def killed_twice(tmp_path_factory):
     """Kill -9 during a reference trial, resume and kill -9 during a sampled trial, resume to the end."""
     wd = tmp_path_factory.mktemp("faults") / "wd"
     proc = start(wd, 5)
-    kill_after(proc, 1, wd)  # trial 1 (mnasnet_100, a reference) was running
+    signal_after(proc, 1, wd)  # trial 1 (mnasnet_100, a reference) was running
     killed_ref = [t for t in trials(wd) if t.state == optuna.trial.TrialState.RUNNING]
     assert [t.user_attrs.get("reference") for t in killed_ref] == ["mnasnet_100"]
     assert list(wd.glob(".scratch-*")), "the killed process left its scratch folder (the fix removes it on resume)"
     proc = start(wd, 4)
-    kill_after(proc, 2, wd)  # two queued references done; a sampled trial was running
+    signal_after(proc, 2, wd)  # two queued references done; a sampled trial was running
     killed_sampled = [t for t in trials(wd) if t.state == optuna.trial.TrialState.RUNNING]
     assert len(killed_sampled) == 1 and "reference" not in killed_sampled[0].user_attrs
     res = run_nas("search", f"workdir={wd}", "study.n_trials=2", *ARGS)
@@ -163,14 +164,7 @@ def test_a_damaged_store_is_one_line_and_nothing_is_written(killed_twice, tmp_pa
 def test_ctrl_c_on_a_reference_reruns_it(tmp_path):
     wd = tmp_path / "wd"
     proc = start(wd, 5)
-    seen = 0
-    for line in proc.stdout:
-        seen += line.startswith("[")
-        if seen == 1:
-            break
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=300)
+    signal_after(proc, 1, wd, signal.SIGINT)  # trial 1 (mnasnet_100, a reference) is running
     res = run_nas("search", f"workdir={wd}", "study.n_trials=2", *ARGS)
     assert res.returncode == 0, res.stderr[-2000:]
     interrupted = [t for t in trials(wd) if t.user_attrs.get("fail_reason") == "interrupted"]
