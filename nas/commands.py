@@ -17,6 +17,7 @@ from nas.errors import ConfigError, NasError, StudyNotFound, TargetError, first_
 from nas.export import export_best
 from nas.latency import measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
+from nas.mlflow_review import FILTER_FRONT, runs_link
 from nas.onnx_export import graph_stats
 from nas.records import TrialRecord, pareto_front, record_of
 from nas.reeval import ranked, reevaluate
@@ -56,7 +57,10 @@ def search(cfg: SearchConfig) -> int:
         result["error"] = summary.export_error
         code = code or 1
     uri = tracking_uri(_wd(cfg), cfg.tracking.uri)
-    say(f"MLflow UI: {uri}" if uri.startswith("http") else f"MLflow UI: mlflow ui --backend-store-uri {uri}")
+    # The link names the model-training view: MLflow 3.17 opens a fresh browser on its GenAI overview otherwise.
+    front = runs_link(summary.experiment_id, FILTER_FRONT)
+    say(f"MLflow UI, the Pareto front: {uri.rstrip('/')}/{front}" if uri.startswith("http") else
+        f"MLflow UI: mlflow ui --backend-store-uri {uri}, then the Pareto front: http://127.0.0.1:5000/{front}")
     if cfg.format == "json":
         print(json.dumps(result))
     return code

@@ -47,6 +47,7 @@ class SearchSummary:
     parent_run_id: str
     interrupted: bool = False
     deferred: bool = False  # another worker was still running: it exports
+    experiment_id: str = ""  # MLflow's, for the link to the front in the UI
 
 
 class StopAt:
@@ -117,7 +118,8 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     if not interrupted and (others := active_workers(study)):
         log(f"{others} other worker(s) still running trials on this study: the last to finish tags the Pareto "
             "front, re-evaluates and exports")
-        return SearchSummary(name, records, None, None, opened.parent_id, interrupted, deferred=True)
+        return SearchSummary(name, records, None, None, opened.parent_id, interrupted, deferred=True,
+                                 experiment_id=tracker.experiment_id)
     if cfg.predictor.enabled and not target.predicted:
         log(gate.summary())
     elif target.predicted:
@@ -129,7 +131,8 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
         mark = study.user_attrs.get(names.STUDY_EXPORTED) or {}
         if mark.get("complete") == done and mark.get("at", 0) > started and not interrupted:
             log(f"worker {mark.get('worker')} exported this study's {done} trial(s) a moment ago")
-            return SearchSummary(name, records, None, None, opened.parent_id, interrupted, deferred=True)
+            return SearchSummary(name, records, None, None, opened.parent_id, interrupted, deferred=True,
+                                 experiment_id=tracker.experiment_id)
         finish_tracking(cfg, workdir, tracker, opened.parent_id, name, records)
         try:
             reevals = [] if interrupted else reevaluate(cfg, {name: study}, records, data, type(target), recipe,
@@ -144,7 +147,8 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
         study.set_user_attr(names.STUDY_EXPORTED, {"complete": done, "at": time.time(),
                                                    "worker": f"{socket.gethostname()}:{os.getpid()}"})
     tracker.end(opened.parent_id, "KILLED" if interrupted else "FINISHED")
-    return SearchSummary(name, records, export, export_error, opened.parent_id, interrupted)
+    return SearchSummary(name, records, export, export_error, opened.parent_id, interrupted,
+                         experiment_id=tracker.experiment_id)
 
 
 def make_recipe(cfg: SearchConfig) -> Recipe:

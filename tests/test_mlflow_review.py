@@ -33,13 +33,13 @@ def searched(tmp_path_factory):
     res = run_nas("search", f"workdir={wd}", f"budget_ms={BUDGET}", "study.n_trials=3", *FAST)
     assert res.returncode == 0, res.stderr[-3000:]
     uri = f"sqlite:///{wd / 'mlflow.db'}"
-    return wd, MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return wd, MlflowClient(tracking_uri=uri, registry_uri=uri), res.stdout
 
 
 @pytest.fixture(scope="module")
 def registry(searched):
     """The registry's URI for the ``models:/`` loaders, restored afterwards (they read the global one)."""
-    wd, _ = searched
+    wd, *_ = searched
     before = mlflow.get_registry_uri(), mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{wd / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{wd / 'mlflow.db'}")
@@ -58,8 +58,10 @@ def runs(client: MlflowClient, **kw):
 
 
 def test_the_experiment_opens_on_its_runs_and_says_how_to_filter(searched):
-    _, c = searched
+    _, c, stdout = searched
     exp = c.get_experiment_by_name("nas")
+    # The printed link opens the front in the model-training view, whatever the browser's GenAI switch says.
+    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&searchFilter=tags.pareto" in stdout
     assert exp.tags[names.EXPERIMENT_KIND] == "custom_model_development"  # MLflow 3's "Model training" view
     assert 'tags.pareto = "true"' in exp.tags[names.NOTE]
     parent = next(r for r in runs(c) if names.PARENT_RUN not in r.data.tags)
@@ -68,7 +70,7 @@ def test_the_experiment_opens_on_its_runs_and_says_how_to_filter(searched):
 
 
 def test_trial_runs_are_filterable_rows_with_stable_names(searched):
-    _, c = searched
+    _, c, _out = searched
     trials = [r for r in runs(c) if names.PARENT_RUN in r.data.tags]
     assert len(trials) == 3
     for r in trials:  # what a scatter of accuracy against latency in the chart view needs on every row
@@ -85,7 +87,7 @@ def test_trial_runs_are_filterable_rows_with_stable_names(searched):
 
 
 def test_the_registered_model_loads_with_both_flavours_and_its_signature(searched, registry):
-    wd, c = searched
+    wd, c, _out = searched
     card = json.loads((wd / "exports" / f"cpu-{BUDGET}ms" / "model_card.json").read_text())
     mv = c.get_model_version_by_alias(MODEL, names.CHAMPION)
     assert str(mv.version) == "1" and mv.tags[names.TIMM_NAME] == TIMM == card[names.TIMM_NAME]
@@ -114,7 +116,7 @@ def test_the_registered_model_loads_with_both_flavours_and_its_signature(searche
 
 
 def test_a_reexport_moves_the_champion_alias(searched):
-    wd, c = searched
+    wd, c, _out = searched
     res = run_nas("export", f"workdir={wd}", f"budget_ms={BUDGET}", *FAST)
     assert res.returncode == 0, res.stderr[-3000:]
     versions = c.search_model_versions(f"name='{MODEL}'")
@@ -124,7 +126,7 @@ def test_a_reexport_moves_the_champion_alias(searched):
 
 
 def test_the_bundle_registers_a_timm_name_without_nas(searched, tmp_path):
-    wd, _ = searched
+    wd, _, _out = searched
     bundle = wd / "exports" / f"cpu-{BUDGET}ms"
     arch = bundle_arch(wd)
     # A clean interpreter: the bundle folder is all of PYTHONPATH and importing `nas` fails outright.
@@ -143,7 +145,7 @@ def test_the_bundle_registers_a_timm_name_without_nas(searched, tmp_path):
 def test_timm_train_py_runs_through_the_bundle_module(searched, tmp_path):
     """timm's train.py takes only a name (--model); run as `python timm_register.py train.py ARGS`, the script sees
     the registered name. The stand-in script builds its model the way train.py does."""
-    wd, _ = searched
+    wd, _, _out = searched
     bundle = wd / "exports" / f"cpu-{BUDGET}ms"
     script = tmp_path / "train.py"
     script.write_text(
@@ -166,7 +168,7 @@ def test_nas_timm_models_registers_every_export_of_a_workdir(searched, monkeypat
 
     import timm
 
-    wd, _ = searched
+    wd, _, _out = searched
     monkeypatch.setenv("NAS_WORKDIR", str(wd))
     sys.modules.pop("nas.timm_models", None)
     mod = importlib.import_module("nas.timm_models")
