@@ -152,7 +152,9 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "meets_budget": r.latency_ms <= cfg.budget_ms,
         "accuracy_top1": r.accuracy,  # the search's figure, at the fidelity it reached; see "accuracy"
         "train_resolution": r.attrs.get(names.TRAIN_RESOLUTION),
-        "accuracy_dataset": f"{cfg.dataset.name} at {r.attrs.get(names.TRAIN_RESOLUTION, '?')}px, "
+        "accuracy_dataset": f"{cfg.dataset.name}"
+                            + (f" (a subset of {cfg.dataset.max_images} images)" if cfg.dataset.max_images else "")
+                            + f" at {r.attrs.get(names.TRAIN_RESOLUTION, '?')}px, "
                             f"{epochs}-epoch proxy training (rank signal, not a final accuracy)"
                             + ("; top-1 of the int8 model as deployed" if cfg.target.precision == Precision.int8
                                else ""),

@@ -119,7 +119,7 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
         log(f"{others} other worker(s) still running trials on this study: the last to finish tags the Pareto "
             "front, re-evaluates and exports")
         return SearchSummary(name, records, None, None, opened.parent_id, interrupted, deferred=True,
-                                 experiment_id=tracker.experiment_id)
+                             experiment_id=tracker.experiment_id)
     if cfg.predictor.enabled and not target.predicted:
         log(gate.summary())
     elif target.predicted:
