@@ -108,28 +108,33 @@ def test_no_scratch_folder_is_left(killed_twice):
 
 
 _OPEN = """
-import sys
+import sys, time
 from pathlib import Path
 import optuna
 from nas.measure_cache import MeasurementCache
 from nas.stores import study_storage_url
 from nas.study import open_storage
 from nas.tracking import Tracker
-wd = Path(sys.argv[1])
-Tracker(wd, "nas")
-optuna.create_study(study_name="s", storage=open_storage(study_storage_url(None, wd), wd),
-                    load_if_exists=True)
-MeasurementCache(wd / "measurements.db")
+root, me = Path(sys.argv[1]), sys.argv[2]
+for i in range(10):
+    wd = root / f"wd{i}"
+    (root / f"ready{i}-{me}").touch()
+    while len(list(root.glob(f"ready{i}-*"))) < 2:
+        time.sleep(0.001)
+    Tracker(wd, "nas")
+    optuna.create_study(study_name="s", storage=open_storage(study_storage_url(None, wd), wd),
+                        load_if_exists=True)
+    MeasurementCache(wd / "measurements.db")
 """
 
 
 def test_two_processes_opening_a_fresh_workdir_never_crash(tmp_path):
-    for i in range(10):
-        wd = tmp_path / f"wd{i}"
-        procs = [subprocess.Popen([sys.executable, "-c", _OPEN, str(wd)], stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
-        errors = [p.communicate(timeout=300)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], errors
+    # Two interpreters import once, then open ten fresh workdirs together: before each, both wait at a barrier (a
+    # file per process), so the openings race within milliseconds rather than after uneven import times.
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN, str(tmp_path), str(k)], stderr=subprocess.PIPE,
+                              text=True) for k in range(2)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
     # Usable afterwards: a run is recorded and read back.
     from nas.tracking import Tracker
 

@@ -40,6 +40,7 @@ class RunResult:
     train_seconds: float
     final_loss: float
     history: tuple[float, ...]  # validation top-1 after each epoch
+    train_losses: tuple[float, ...]  # mean training loss of each epoch (summed: TSE, a convergence-speed figure)
     model: torch.nn.Module = field(compare=False, repr=False)  # trained, on the CPU (for the deployed form)
 
 
@@ -86,8 +87,10 @@ def _run(arch: Arch, data: Splits, epochs: int, seed: int, recipe: Recipe,
     t0 = time.perf_counter()
     history: list[float] = []
     loss_value = float("nan")
+    train_losses: list[float] = []
     for epoch in range(epochs):
         model.train()
+        loss_sum, n_steps = torch.zeros((), device=device), 0
         for x, y in data.train_batches(recipe.batch_size, gen):
             x, y = _to(x, device, cuda), y.to(device, non_blocking=cuda)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
@@ -99,12 +102,16 @@ def _run(arch: Arch, data: Splits, epochs: int, seed: int, recipe: Recipe,
             scaler.step(opt)
             scaler.update()
             sched.step()
-            loss_value = loss.item()
+            loss_sum += loss.detach().float()
+            n_steps += 1
+        loss_value = float(loss_sum) / max(n_steps, 1)  # one sync per epoch, not per step
+        train_losses.append(loss_value)
         history.append(top1(model, data, recipe.batch_size, device))
         if on_epoch is not None:
             on_epoch(epoch + 1, history[-1])
     model = model.cpu().float().to(memory_format=torch.contiguous_format).eval()
-    return RunResult(history[-1], epochs, seed, time.perf_counter() - t0, loss_value, tuple(history), model)
+    return RunResult(history[-1], epochs, seed, time.perf_counter() - t0, loss_value, tuple(history),
+                     tuple(train_losses), model)
 
 
 def _to(x: torch.Tensor, device: torch.device, cuda: bool) -> torch.Tensor:
