@@ -6,10 +6,14 @@ use is computed on a dataset:
 - ``zero-cost``: synflow (one forward/backward pass of an all-ones input through |weights|, no data) and the
   parameter count;
 - ``rung E``: one complete training run of E epochs (seed 0), for each rung of the study;
+- ``TSE E``: the same run's summed training losses (the mean loss of each epoch, summed over its E epochs; Ru et
+  al., "Speedy Performance Estimation for Neural Architecture Search", NeurIPS 2021), lower ranks higher;
 - ``re-evaluated``: the mean over ``--seeds`` seeds of the top rung (what the export picks by);
 
 and compared with the ``long`` figure: the mean over ``--seeds`` seeds of ``--long-epochs``-epoch trainings
-(at least 10x the search's default). Prints Kendall tau and Spearman of each figure against the long mean, the
+(at least 10x the search's default), and with the long training's own repeatability (one seed's long top-1 against
+the other seeds' mean: the noise ceiling, above which no figure's agreement can be shown with this many archs and
+seeds). Prints Kendall tau and Spearman of each figure against the long mean, the
 seed standard deviation, each figure's cost per candidate (epochs and measured seconds, and the fraction of the
 long training's cost), and whether it ranks the three references as the long training does. Results are kept in
 ``--out`` (JSON) as they come, so an interrupted run resumes where it stopped.
@@ -82,8 +86,8 @@ def synflow(arch: Arch, resolution: int, num_classes: int) -> float:
     return float(np.log(score + 1e-300))
 
 
-def job(args: tuple[str, dict[str, Any], str, int, int, int]) -> tuple[str, str, float, float]:
-    """One training run in a worker process: (arch label, run key, top-1, seconds)."""
+def job(args: tuple[str, dict[str, Any], str, int, int, int]) -> tuple[str, str, float, float, float]:
+    """One training run in a worker process: (arch label, run key, top-1, seconds, TSE)."""
     dataset, arch_dict, label, epochs, seed, threads = args
     cfg = config(dataset)
     arch = Arch.from_dict(arch_dict)
@@ -93,7 +97,7 @@ def job(args: tuple[str, dict[str, Any], str, int, int, int]) -> tuple[str, str,
     data = _data(cfg, largest).at(res)
     recipe = Recipe(batch_size=cfg.study.batch_size, lr=cfg.study.lr, threads=threads, device="cpu")
     run = train_run(arch, data, epochs, seed, recipe)
-    return label, f"{epochs}e-s{seed}", run.top1, run.train_seconds
+    return label, f"{epochs}e-s{seed}", run.top1, run.train_seconds, float(sum(run.train_losses))
 
 
 _DATA: dict[str, Any] = {}
@@ -112,6 +116,10 @@ def main() -> None:
     ap.add_argument("--long-epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rungs", default=None, help="comma-separated epochs (default: the study's rungs)")
+    ap.add_argument("--rung-seeds", type=int, default=None,
+                    help="seeds per rung after the first (default --seeds; 1: no re-evaluation figure)")
+    ap.add_argument("--tse", action="store_true",
+                    help="redo stored rung runs that predate the TSE record (same seed: the same top-1)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     ap.add_argument("--out", default=None, help="results JSON (default: results/accuracy_fidelity_<dataset>.json)")
     args = ap.parse_args()
@@ -120,6 +128,7 @@ def main() -> None:
     out = Path(args.out or Path(__file__).parent / "results" / f"accuracy_fidelity_{args.dataset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(out.read_text()) if out.exists() else {}
+    rungs = sorted(set(rungs) | set(doc.get("rungs", [])))  # a later call adds rungs, never forgets them
     doc.update(dataset=args.dataset, rungs=rungs, long_epochs=args.long_epochs, seeds=args.seeds,
                recipe={"batch_size": cfg.study.batch_size, "lr": cfg.study.lr, "optimizer": "AdamW, one-cycle"})
     runs = doc.setdefault("runs", {})
@@ -133,19 +142,25 @@ def main() -> None:
             runs[label]["params"] = [float(sum(p.numel() for p in build_model(arch, 10).parameters())), 0.0]
     # Each rung once (seed 0); every rung after the first also with the other seeds (a re-evaluation at that
     # fidelity); the long training with every seed.
+    rung_seeds = args.seeds if args.rung_seeds is None else args.rung_seeds
+    asked = [int(r) for r in args.rungs.split(",")] if args.rungs else rungs
     wanted = [(label, e, s) for label in archs for e, s in
-              [*((r, 0) for r in rungs), *((r, s) for r in rungs[1:] for s in range(1, args.seeds)),
+              [*((r, 0) for r in asked), *((r, s) for r in asked[1:] for s in range(1, rung_seeds)),
                *((args.long_epochs, s) for s in range(args.seeds))]]
-    todo = [(args.dataset, archs[label].to_dict(), label, e, s, 1) for label, e, s in wanted
-            if f"{e}e-s{s}" not in runs.get(label, {})]
+
+    def done(label: str, e: int, s: int) -> bool:
+        rec = runs.get(label, {}).get(f"{e}e-s{s}")
+        return rec is not None and (len(rec) > 2 or not args.tse or e == args.long_epochs)
+
+    todo = [(args.dataset, archs[label].to_dict(), label, e, s, 1) for label, e, s in wanted if not done(label, e, s)]
     todo.sort(key=lambda j: j[3])  # short runs first: the early figures come early
     print(f"{args.dataset}: {len(archs)} archs, {len(todo)} training run(s) to go of {len(wanted)}; "
           f"{args.workers} worker(s), 1 thread each; results in {out}", flush=True)
     t0 = time.perf_counter()
     # spawn, not fork: a forked child of a process that has run torch's thread pool can deadlock.
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for i, (label, key, top1, seconds) in enumerate(pool.map(job, todo), start=1):
-            runs.setdefault(label, {})[key] = [top1, seconds]
+        for i, (label, key, top1, seconds, tse) in enumerate(pool.map(job, todo), start=1):
+            runs.setdefault(label, {})[key] = [top1, seconds, tse]
             out.write_text(json.dumps(doc, indent=1))
             print(f"[{i:>4}/{len(todo)}] {label:<16} {key:<8} top-1 {top1:.4f}  {seconds:6.1f} s  "
                   f"({(time.perf_counter() - t0) / 60:.0f} min)", flush=True)
@@ -174,12 +189,20 @@ def report(doc: dict[str, Any]) -> None:
         "zero-cost: synflow": ([runs[k]["synflow"][0] for k in labels], ["synflow"], 0.0),
     }
     for r in rungs:
-        figures[f"rung {r} epoch(s), 1 seed"] = ([runs[k][f"{r}e-s0"][0] for k in labels], [f"{r}e-s0"], r)
+        key = f"{r}e-s0"
+        if all(key in runs[k] for k in labels):
+            figures[f"rung {r} epoch(s), 1 seed"] = ([runs[k][key][0] for k in labels], [key], r)
+        if all(len(runs[k].get(key, [])) > 2 for k in labels):
+            figures[f"TSE {r} epoch(s), 1 seed"] = ([-runs[k][key][2] for k in labels], [key], r)
     for r in rungs[1:]:
         reeval_keys = [f"{r}e-s{s}" for s in range(seeds)]
         if all(key in runs[k] for k in labels for key in reeval_keys):
             figures[f"re-evaluated: {r} epochs, {seeds} seeds (mean)"] = (
                 [mean_of(k, r) for k in labels], reeval_keys, r * seeds)
+    runs_long = np.array([[runs[k][f"{long_e}e-s{s}"][0] for s in range(seeds)] for k in labels])
+    ceiling = [(float(kendalltau(runs_long[:, s], np.delete(runs_long, s, 1).mean(1)).statistic),
+                float(spearmanr(runs_long[:, s], np.delete(runs_long, s, 1).mean(1)).statistic))
+               for s in range(seeds)]
     print(f"\n{doc['dataset']}: {len(labels)} archs; long = {long_e} epochs x {seeds} seeds (mean), median cost "
           f"{long_cost:.0f} s/candidate, median seed std of the long top-1 {seed_std:.4f}")
     print(f"{'figure':<44} {'Kendall':>8} {'Spearman':>9} {'epochs':>7} {'s/cand':>7} {'of long':>8}  refs")
@@ -194,6 +217,10 @@ def report(doc: dict[str, Any]) -> None:
                      "fraction_of_long": cost / long_cost, "references_in_long_order": refs_ok})
         print(f"{name:<44} {tau:>8.3f} {rho:>9.3f} {epochs:>7g} {cost:>7.1f} {cost / long_cost:>8.1%}  "
               f"{'same' if refs_ok else 'differ'}")
+    tau_c, rho_c = statistics.median(c[0] for c in ceiling), statistics.median(c[1] for c in ceiling)
+    print(f"{'noise ceiling: 1 long seed vs the others mean':<44} {tau_c:>8.3f} {rho_c:>9.3f} {long_e:>7g}")
+    rows.append({"figure": "noise ceiling: one long seed against the other seeds' mean (median over seeds)",
+                 "kendall_tau": tau_c, "spearman": rho_c, "epochs": long_e})
     print(f"references by long top-1: {' > '.join(long_refs)}")
     print(json.dumps({"dataset": doc["dataset"], "n_archs": len(labels), "long_epochs": long_e, "seeds": seeds,
                       "long_seed_std": seed_std, "rows": rows}))

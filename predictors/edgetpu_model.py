@@ -428,7 +428,8 @@ class EdgeTpuModel:
         cpu = f.cpu_macs / self.cpu_macs_per_ms
         ms = overhead + compute + streaming + io + cpu
         tpu_error = self.rel_error_for(streamed)
-        rel_error = ((ms - cpu) * tpu_error + cpu * self.rel_error_cpu) / ms if ms > 0 else tpu_error
+        # Weighted by the parts; exactly the regime's error when nothing falls back ((ms * e) / ms is not always e).
+        rel_error = ((ms - cpu) * tpu_error + cpu * self.rel_error_cpu) / ms if ms > 0 and cpu > 0 else tpu_error
         return Estimate(ms=ms, rel_error=rel_error, overhead_ms=overhead, compute_ms=compute,
                         streaming_ms=streaming, io_ms=io, cpu_ms=cpu, tpu_ops=f.tpu_ops, cpu_ops=f.cpu_ops,
                         macs=f.macs, param_bytes=f.param_bytes, cached_bytes=cached, streamed_bytes=streamed,
