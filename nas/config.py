@@ -203,8 +203,8 @@ class StudyConfig:
     timeout_s: float | None = None
     # Accuracy fidelity: every candidate trains rungs[0] epochs; the best `promote` fraction of each rung, among
     # candidates of its latency class, trains the next rung (a complete run of that many epochs).
-    # The default [1, 3] keeps the default search (and its 3-seed re-evaluation at 3 epochs) within about 7 minutes
-    # on a 2-core VM. On digits no longer rung was measured to rank better (benchmarks/accuracy_fidelity.py: 1, 3 and
+    # The default [1, 3] keeps the default search (and its 3-seed re-evaluation at 3 epochs) within 15 minutes (12
+    # measured) on a 2-core VM. On digits no longer rung was measured to rank better (accuracy_fidelity.py: 1, 3 and
     # 6 epochs all below the long training's own seed-to-seed agreement; see the README).
     rungs: list[int] = field(default_factory=lambda: [1, 3])
     epochs: int | None = None  # shorthand for a single rung: rungs=[epochs]
