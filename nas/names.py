@@ -28,6 +28,7 @@ ACCURACY_FP32 = "accuracy_fp32"  # int8 targets: the float model's top-1 beside 
 # -- Optuna study attributes -------------------------------------------------------------------------------------
 STUDY_NUM_CLASSES = "num_classes"
 STUDY_FINGERPRINT = "fingerprint"  # the target set-up every latency of the study was measured on
+STUDY_TRACKING = "mlflow"  # the MLflow store and parent run the study's runs live in (redacted URI)
 STUDY_COMMAND = "command"  # the overrides of the search that made the study (the model card's reproduce line)
 STUDY_WORKERS = "workers"  # the workers that joined the study: host, PID, start time, index (sampler seed offset)
 STUDY_EXPORTED = "exported"  # trials finished when the study last exported (the last worker to finish exports)

@@ -17,9 +17,9 @@ import optuna
 
 from nas import names
 from nas.config import SearchConfig
-from nas.errors import NasError
+from nas.errors import NasError, StoreError
 from nas.samplers import make_sampler
-from nas.stores import probe, setup_lock, study_storage_url
+from nas.stores import probe, redact, setup_lock, study_storage_url
 from nas.targets.base import Target
 from nas.tracking import Tracker
 from nas.workers import WORKER_DIED, is_dead, reap_dead_trials, remove_dead_scratch, this_worker
@@ -109,10 +109,13 @@ def open_study(cfg: SearchConfig, workdir: Path, target: Target, space: Any, tra
         stored = len(study.trials)
         reaped = reap_dead_trials(study, lambda t: stale(study, t, WORKER_DIED))
         remove_dead_scratch(workdir)
+        check_tracking(study, tracker, name)  # before anything is added: a refusal leaves the study as it was
         enqueued = enqueue_references(study, space) if cfg.search_space.enqueue_references else []
         parent_id = tracker.study_run(name, {
             "target": cfg.target.name, "search_space": cfg.search_space.name, "dataset": cfg.dataset.name,
             "budget_ms": f"{cfg.budget_ms:g}", "statistic": str(cfg.target.statistic)})
+        if names.STUDY_TRACKING not in study.user_attrs:
+            study.set_user_attr(names.STUDY_TRACKING, {"uri": redact(tracker.uri), "parent_run": parent_id})
     tracker.log(parent_id, tags={names.FINGERPRINT_TAG: json.dumps(fingerprint, sort_keys=True),
                                  names.LATENCY_SOURCE: target.latency_source})
     return OpenedStudy(study, parent_id, stored, enqueued, reaped, index,
@@ -157,3 +160,15 @@ def _retry(t: optuna.trial.FrozenTrial) -> bool:
     reason = t.user_attrs.get(names.FAIL_REASON)
     return t.state == optuna.trial.TrialState.FAIL and (reason is None or reason == "interrupted"
                                                         or reason.startswith(WORKER_DIED))
+
+
+def check_tracking(study: optuna.Study, tracker: Tracker, name: str) -> None:
+    """A study whose runs live in another MLflow store (a second worker or machine with its own default
+    ``workdir/mlflow.db``) is refused in one line: its trial runs and parent run must share one store."""
+    recorded = study.user_attrs.get(names.STUDY_TRACKING) or {}
+    has_runs = recorded or any(names.RUN_ID in t.user_attrs for t in study.trials)
+    if not has_runs or tracker.find_study_run(name) is not None:
+        return
+    where = f"in {recorded['uri']}" if recorded.get("uri") else "in another MLflow store"
+    raise StoreError(f"study {name} keeps its MLflow runs {where}, not in this run's {redact(tracker.uri)}: pass "
+                     "that store as tracking.uri (workers on several machines share one `mlflow server`)")

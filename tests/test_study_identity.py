@@ -67,3 +67,23 @@ def test_an_unusable_fitted_predictor_is_named_once(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     said = [ln for ln in res.stdout.splitlines() if "not used" in ln]
     assert len(said) == 1 and "fitted for 1000 classes, this search has 10" in said[0]
+
+
+def test_a_worker_with_another_mlflow_store_is_refused_in_one_line(tmp_path):
+    # One study storage, two workdirs: the second worker's default MLflow store (its workdir's mlflow.db) does not
+    # hold the study's runs, so its trials could never join the study's parent run.
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = run_nas("search", f"study.storage={storage}", f"workdir={tmp_path / 'a'}", "study.n_trials=1", NO_REFS,
+                    *FAST)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = run_nas("search", f"study.storage={storage}", f"workdir={tmp_path / 'b'}", "study.n_trials=1", NO_REFS,
+                    *FAST)
+    assert other.returncode == 1
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 1 and "keeps its MLflow runs in" in lines[0] and str(tmp_path / "a" / "mlflow.db") in lines[0]
+    assert "tracking.uri" in lines[0]
+    [summary] = optuna.get_all_study_summaries(storage)
+    assert summary.n_trials == 1  # nothing added by the refused worker
+    again = run_nas("search", f"study.storage={storage}", f"workdir={tmp_path / 'a'}", "study.n_trials=1", NO_REFS,
+                    *FAST)
+    assert again.returncode == 0, again.stderr[-2000:]  # the first workdir resumes as before
