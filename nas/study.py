@@ -169,6 +169,10 @@ def check_tracking(study: optuna.Study, tracker: Tracker, name: str) -> None:
     has_runs = recorded or any(names.RUN_ID in t.user_attrs for t in study.trials)
     if not has_runs or tracker.find_study_run(name) is not None:
         return
+    here = redact(tracker.uri)
+    if recorded.get("uri") == here:  # the same store, without the study's runs: replaced or deleted
+        raise StoreError(f"study {name}'s MLflow runs (parent run {recorded.get('parent_run')}) are no longer in "
+                         f"{here}: restore that store, or start another study (study.name=NEW)")
     where = f"in {recorded['uri']}" if recorded.get("uri") else "in another MLflow store"
-    raise StoreError(f"study {name} keeps its MLflow runs {where}, not in this run's {redact(tracker.uri)}: pass "
-                     "that store as tracking.uri (workers on several machines share one `mlflow server`)")
+    raise StoreError(f"study {name} keeps its MLflow runs {where}, not in this run's {here}: pass that store as "
+                     "tracking.uri (workers on several machines share one `mlflow server`)")
