@@ -96,6 +96,7 @@ def open_study(cfg: SearchConfig, workdir: Path, target: Target, space: Any, tra
         study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"],
                                     load_if_exists=True)
         check_setup(study, fingerprint)
+        check_tracking(study, tracker, name)  # before anything is written: a refusal leaves the study as it was
         index = register_worker(study)
         # Offset by worker and by what the study holds: concurrent workers, and a resumed run, would otherwise
         # propose the candidates already tried (each then pruned as a duplicate).
@@ -109,7 +110,6 @@ def open_study(cfg: SearchConfig, workdir: Path, target: Target, space: Any, tra
         stored = len(study.trials)
         reaped = reap_dead_trials(study, lambda t: stale(study, t, WORKER_DIED))
         remove_dead_scratch(workdir)
-        check_tracking(study, tracker, name)  # before anything is added: a refusal leaves the study as it was
         enqueued = enqueue_references(study, space) if cfg.search_space.enqueue_references else []
         parent_id = tracker.study_run(name, {
             "target": cfg.target.name, "search_space": cfg.search_space.name, "dataset": cfg.dataset.name,

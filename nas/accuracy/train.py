@@ -38,7 +38,6 @@ class RunResult:
     epochs: int
     seed: int
     train_seconds: float
-    final_loss: float
     history: tuple[float, ...]  # validation top-1 after each epoch
     train_losses: tuple[float, ...]  # mean training loss of each epoch (summed: TSE, a convergence-speed figure)
     model: torch.nn.Module = field(compare=False, repr=False)  # trained, on the CPU (for the deployed form)
@@ -86,7 +85,6 @@ def _run(arch: Arch, data: Splits, epochs: int, seed: int, recipe: Recipe,
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     history: list[float] = []
-    loss_value = float("nan")
     train_losses: list[float] = []
     for epoch in range(epochs):
         model.train()
@@ -104,14 +102,13 @@ def _run(arch: Arch, data: Splits, epochs: int, seed: int, recipe: Recipe,
             sched.step()
             loss_sum += loss.detach().float()
             n_steps += 1
-        loss_value = float(loss_sum) / max(n_steps, 1)  # one sync per epoch, not per step
-        train_losses.append(loss_value)
+        train_losses.append(float(loss_sum) / max(n_steps, 1))  # one sync per epoch, not per step
         history.append(top1(model, data, recipe.batch_size, device))
         if on_epoch is not None:
             on_epoch(epoch + 1, history[-1])
     model = model.cpu().float().to(memory_format=torch.contiguous_format).eval()
-    return RunResult(history[-1], epochs, seed, time.perf_counter() - t0, loss_value, tuple(history),
-                     tuple(train_losses), model)
+    return RunResult(history[-1], epochs, seed, time.perf_counter() - t0, tuple(history), tuple(train_losses),
+                     model)
 
 
 def _to(x: torch.Tensor, device: torch.device, cuda: bool) -> torch.Tensor:
