@@ -225,7 +225,9 @@ def train(cand: Candidate, ctx: TrialContext, latency_ms: float) -> Fidelity:
         def on_epoch(epoch: int, acc: float, e: int = epochs) -> None:
             ctx.tracker.log(cand.run_id, {names.val_top1_metric(e): acc}, step=epoch)
 
+        t0 = time.perf_counter()
         with host_lock(False, cfg.study.host_lock and ctx.target.local):  # training may overlap training only
+            cand.times["wait_train"] = cand.times.get("wait_train", 0.0) + time.perf_counter() - t0
             run = train_run(cand.arch, cand.data, epochs, cfg.study.seed, ctx.recipe, on_epoch)
         seconds += run.train_seconds
         rung_top1[epochs] = run.top1
