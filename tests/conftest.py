@@ -19,6 +19,7 @@ FAST = [
     "target.rounds=2", "target.round_pause_s=0", "dataset.proxy_scale=0.25", "study.epochs=1", "study.reeval_top_k=0",
     "target.tolerance=0", "target.drift_tolerance=0", "dataset.max_images=400",
     "card_runtimes=[]",  # the card's other-runtime figures (a TVM compile each): tested in test_runtimes/openvino
+    "study.train_threads=1",  # the suite runs on two pytest-xdist workers: two 2-thread trainings on 2 cores spin
 ]
 
 
@@ -53,7 +54,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(ISOLATED_ENV):
         return None
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0", pyfuncitem.nodeid],
         capture_output=True, text=True, cwd=pyfuncitem.config.rootpath, timeout=900,
         env={**os.environ, ISOLATED_ENV: "1"})
     out = res.stdout + res.stderr

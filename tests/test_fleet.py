@@ -66,7 +66,7 @@ def test_two_workers_share_one_study(postgres, mlflow_server, tmp_path):
         ["efficientnet_b0", "mnasnet_100", "mobilenetv2_100"]  # enqueued once
     pids = {t.user_attrs["worker"]["pid"] for t in done}
     assert len(pids) == 2  # both worked
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("nas").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -107,7 +107,7 @@ def test_a_killed_worker_loses_only_its_running_trial(postgres, mlflow_server, t
         assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE  # retried once, elsewhere
         finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
         assert len(finished) == 6  # the study completed; nothing finished is missing
-        client = MlflowClient(mlflow_server)
+        client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
         assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     finally:  # never leave a worker behind, whatever failed
         for p in (a, b):

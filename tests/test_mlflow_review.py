@@ -38,14 +38,19 @@ def searched(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry(searched):
-    """The registry's URI for the ``models:/`` loaders, restored afterwards (they read the global one)."""
+    """The registry's URI for the ``models:/`` loaders (they read the process-wide one), through the environment so
+    that it is undone exactly: ``set_registry_uri(before)`` left the default pinned for the process's later tests, and a
+    client built without ``registry_uri`` then read another store (test_fleet, when run after this file)."""
     wd, *_ = searched
-    before = mlflow.get_registry_uri(), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{wd / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{wd / 'mlflow.db'}")
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict.fromkeys(keys, f"sqlite:///{wd / 'mlflow.db'}"))
     yield
-    mlflow.set_registry_uri(before[0])
-    mlflow.set_tracking_uri(before[1])
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def bundle_arch(wd: Path) -> Arch:
