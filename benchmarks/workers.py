@@ -173,8 +173,9 @@ def main() -> None:
     print("\n| workers | trials | wall | trials/hour |\n|---|---|---|---|")
     for r in (one, two):
         print(f"| {r['workers']} | {r['trials']} | {r['wall_s']:.0f} s | {r['per_hour']:.1f} |")
-    print(f"\nspeed-up 2 vs 1: {result['speedup']:.2f}x (goal >= 1.7x); after a kill -9: "
-          f"{killed['duplicated']} duplicated, {killed['lost']} lost (goal 0 and 0)")
+    print(f"\nspeed-up 2 vs 1: {result['speedup']:.2f}x (goal >= 1.7x)")
+    if killed:
+        print(f"after a kill -9: {killed['duplicated']} duplicated, {killed['lost']} lost (goal 0 and 0)")
 
 
 if __name__ == "__main__":
