@@ -42,15 +42,10 @@ def registry(searched):
     that it is undone exactly: ``set_registry_uri(before)`` left the default pinned for the process's later tests, and a
     client built without ``registry_uri`` then read another store (test_fleet, when run after this file)."""
     wd, *_ = searched
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    before = {k: os.environ.get(k) for k in keys}
-    os.environ.update(dict.fromkeys(keys, f"sqlite:///{wd / 'mlflow.db'}"))
-    yield
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            mp.setenv(key, f"sqlite:///{wd / 'mlflow.db'}")
+        yield
 
 
 def bundle_arch(wd: Path) -> Arch:
