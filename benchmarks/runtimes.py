@@ -91,7 +91,8 @@ def tvm_rows(tmp: Path, trials: int, threads: int, tuned: bool) -> list[dict]:
         if tuned:
             t = nas_measure(ref, wd, "target=tvm", f"target.threads={threads}", f"target.tune_trials={trials}")
             row["tvm_tuned"] = t["latency_ms"]["p50"]
-            row.update({k: t.get("tvm", {}).get(k) for k in ("tasks", "already_tuned", "tune_s")})
+            keys = ("tasks", "already_tuned", "tune_s", "startup_s", "strategy")
+            row.update({k: t.get("tvm", {}).get(k) for k in keys})
         print(f"  {ref}: {row}", flush=True)
         rows.append(row)
     return rows
@@ -101,13 +102,13 @@ def markdown(ov: list[dict], tvm: list[dict], trials: int) -> str:
     lines = ["| reference | nas measure target=openvino | benchmark_app | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['ref']} | {r['nas']:.2f} ms | {r['benchmark_app']:.2f} ms | {r['ratio']:.2f}x |" for r in ov]
     lines += ["", f"| reference | ONNX Runtime | TVM untuned | TVM tuned ({trials} trials) | tuned / ORT | "
-              "workloads already tuned | tuning time |", "|---|---|---|---|---|---|---|"]
+              "workloads already tuned | tuning time (of it, start-up) |", "|---|---|---|---|---|---|---|"]
     for r in tvm:
         tuned = r.get("tvm_tuned")
         lines.append(f"| {r['ref']} | {r['ort']:.2f} ms | {r['tvm_untuned']:.2f} ms "
                      f"({r['tvm_untuned'] / r['ort']:.1f}x) | "
                      + (f"{tuned:.2f} ms | {tuned / r['ort']:.1f}x | {r['already_tuned']}/{r['tasks']} | "
-                        f"{r['tune_s']:.0f} s |" if tuned else "- | - | - | - |"))
+                        f"{r['tune_s']:.0f} s ({r.get('startup_s') or 0:.0f} s) |" if tuned else "- | - | - | - |"))
     return "\n".join(lines)
 
 

@@ -60,16 +60,19 @@ def import_tvm(name: str) -> Any:
 
 @dataclass(frozen=True)
 class Tuning:
-    """What tuning one candidate did: its workloads, how many already had records, the seconds spent."""
+    """What tuning one candidate did: its workloads, how many already had records, the seconds spent, and the
+    search strategy ("" when nothing was left to tune)."""
 
     tasks: int
     already_tuned: int
     seconds: float
     trials: int
+    strategy: str = ""
+    startup_s: float = 0.0  # of ``seconds``: starting the builder and runner, once per process (the first tuning)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "already_tuned": self.already_tuned, "tune_s": round(self.seconds, 3),
-                "trials": self.trials}
+                "startup_s": round(self.startup_s, 3), "trials": self.trials, "strategy": self.strategy}
 
 
 @targets.register("tvm", TvmConfig, option=False)
@@ -95,7 +98,9 @@ class TvmTarget(Target):
     def facts(self) -> dict[str, Any]:
         tuning = ("untuned" if not self.cfg.tune_trials else
                   f"metaschedule, {self.cfg.tune_trials} trials per candidate for workloads without a record, "
-                  f"{self.cost_model} cost model, records shared by candidates")
+                  f"{self.cost_model} cost model, "
+                  f"{'evolutionary' if self.cost_model == 'xgb' else f'replay-trace (evolutionary past {PER_ROUND})'}"
+                  " search, records shared by candidates")
         return {"device": cpu_model(), "machine": platform.machine(), "runtime": f"apache-tvm {self._tvm.__version__}",
                 "compiler_target": f"llvm -mcpu={self.cpu}", "tuning": tuning}
 
@@ -149,14 +154,19 @@ class TvmTarget(Target):
         return from_onnx(model, shape_dict={inputs[0].name: shape}), shape
 
     def workers(self) -> tuple[Any, Any]:
-        """MetaSchedule's builder and runner, started once for all candidates (their worker processes import TVM:
-        seconds to minutes on a busy machine). One worker each, and time to spare: under load the default 30 s
-        limit fails every build."""
+        """MetaSchedule's builder and runner, started once for all candidates. The builder compiles in this process
+        (``in_process_builder``); the runner keeps one worker process (it imports TVM once: seconds on a busy
+        machine), with time to spare: under load the default limits fail.
+
+        TVM's tensor intrinsics, which every build imports, are imported here: that import parses hundreds of
+        TVMScript functions, each through ``inspect.getmodule`` over every loaded module, so it takes 1-3 minutes in a
+        process that has torch loaded (186 s profiled here, 92% in ``inspect.getmodule``). Once per process; the
+        first candidate's ``startup_s`` shows it."""
         if self._workers is None:
+            import tvm.s_tir.tensor_intrin  # noqa: F401  (see above)
             from tvm.s_tir import meta_schedule as ms
 
-            self._workers = (ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
-                             ms.runner.LocalRunner(timeout_sec=120))
+            self._workers = (in_process_builder(), ms.runner.LocalRunner(timeout_sec=120))
         return self._workers
 
     def lowered(self, mod: Any) -> Any:
@@ -205,13 +215,55 @@ def tune_new_workloads(mod: Any, target: Any, database: Any, work_dir: Path, tri
     t0 = time.perf_counter()
     tasks = ms.relax_integration.extract_tasks(mod, target)
     new = new_workloads(tasks, database, target)
+    strategy, startup = "", 0.0
     if new:
+        t_start = time.perf_counter()
+        builder, runner = workers()
+        startup = time.perf_counter() - t_start
         per_task = max(1, math.ceil(trials / len(new)))
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(new, str(work_dir), seed=0)
+        strategy = search_strategy(cost_model, per_task)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            new, str(work_dir), strategy=strategy, seed=0)
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-                           max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task), database=database,
-                           cost_model=cost_model, builder=workers()[0], runner=workers()[1])
-    return Tuning(len(tasks), len(tasks) - len(new), time.perf_counter() - t0, trials if new else 0)
+                           max_trials_per_task=per_task, num_trials_per_iter=min(PER_ROUND, per_task),
+                           database=database, cost_model=cost_model, builder=builder, runner=runner)
+    return Tuning(len(tasks), len(tasks) - len(new), time.perf_counter() - t0, trials if new else 0, strategy,
+                  startup)
+
+
+PER_ROUND = 64  # MetaSchedule's trials per round of a task (its default)
+
+
+def search_strategy(cost_model: str, per_task: int) -> str:
+    """Evolutionary search where it has something to evolve by: a learned cost model, or the measured best of an
+    earlier round of the same task. Otherwise (random cost model, one round per task: ``tune_trials`` of 64 over a
+    MobileNet's ~30 workloads) its 512-schedule population is scored at random, so it draws what sampling the
+    design space draws, at 15-35 s per task here against about 1 s: replay-trace samples the space directly."""
+    return "evolutionary" if cost_model == "xgb" or per_task > PER_ROUND else "replay-trace"
+
+
+def in_process_builder() -> Any:
+    """A MetaSchedule builder that compiles in this process. TVM's ``LocalBuilder`` starts a new process pool for
+    every batch, and each new process imports TVM's tensor intrinsics: about 30 s per batch of two schedules on
+    this VM (the import of ``tvm.s_tir.tensor_intrin.cuda`` alone took 87 s under load, against about 0.5 s for a
+    build), which made tuning 64 trials take 50 minutes. Here it is imported once. A build error fails that
+    schedule only, as in ``LocalBuilder``."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            results = []
+            for b in build_inputs:
+                try:
+                    results.append(BuilderResult(default_export(default_build(b.mod, b.target, None)), None))
+                except Exception as e:  # LLVM and TVM's passes raise several types on schedules they reject
+                    results.append(BuilderResult(None, f"in-process build: {type(e).__name__}: {first_line(e)}"))
+            return results
+
+    return InProcessBuilder()
 
 
 def _cost_model() -> str:
