@@ -20,6 +20,10 @@ long training's cost), and whether it ranks the three references as the long tra
 
     python benchmarks/accuracy_fidelity.py --dataset digits [--archs 12] [--long-epochs 30] [--seeds 3]
     python benchmarks/accuracy_fidelity.py --dataset elpv     # after pip install '.[elpv]'
+
+``--compare DIR/arch.json`` (an export's arch file; repeatable) adds an exported arch outside the ranked set and
+gives it the same long training, for the end-to-end comparison of issue 12 item 7: the exported model against the
+references, each trained long with the same recipe and seeds.
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ def main() -> None:
     ap.add_argument("--tse", action="store_true",
                     help="redo stored rung runs that predate the TSE record (same seed: the same top-1)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    ap.add_argument("--compare", action="append", default=[], type=Path,
+                    help="an export's arch.json: trained long too and compared with the references (item 7)")
     ap.add_argument("--out", default=None, help="results JSON (default: results/accuracy_fidelity_<dataset>.json)")
     args = ap.parse_args()
     cfg = config(args.dataset)
@@ -134,6 +140,15 @@ def main() -> None:
     runs = doc.setdefault("runs", {})
     archs = archs_of(cfg, args.archs)
     doc["archs"] = {k: a.to_dict() for k, a in archs.items()}
+    extra = doc.setdefault("compared", {})
+    for path in args.compare:
+        a = Arch.from_dict(json.loads(path.read_text())["arch"])
+        same = [k for k, b in archs.items() if b.hash == a.hash]
+        if same:  # one of the set (a reference, say): its long runs are already wanted
+            doc.setdefault("compared_in_set", {})[f"exported:{a.hash[:8]}"] = same[0]
+            print(f"{path}: the export is {same[0]} of the set")
+        else:
+            extra[f"exported:{a.hash[:8]}"] = a.to_dict()
     for label, arch in archs.items():  # zero-cost scores: cheap, computed here
         res = train_resolution(arch.resolution, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
         if "synflow" not in runs.get(label, {}):
@@ -152,8 +167,12 @@ def main() -> None:
         rec = runs.get(label, {}).get(f"{e}e-s{s}")
         return rec is not None and (len(rec) > 2 or not args.tse or e == args.long_epochs)
 
-    todo = [(args.dataset, archs[label].to_dict(), label, e, s, 1) for label, e, s in wanted if not done(label, e, s)]
-    todo.sort(key=lambda j: j[3])  # short runs first: the early figures come early
+    wanted += [(label, args.long_epochs, s) for label in extra for s in range(args.seeds)]
+    arch_dicts = {**{k: a.to_dict() for k, a in archs.items()}, **extra}
+    todo = [(args.dataset, arch_dicts[label], label, e, s, 1) for label, e, s in wanted if not done(label, e, s)]
+    # Short runs first (the early figures come early); among long runs, a compared export's first.
+    out.write_text(json.dumps(doc, indent=1))
+    todo.sort(key=lambda j: (j[3], j[2] not in extra))
     print(f"{args.dataset}: {len(archs)} archs, {len(todo)} training run(s) to go of {len(wanted)}; "
           f"{args.workers} worker(s), 1 thread each; results in {out}", flush=True)
     t0 = time.perf_counter()
@@ -222,8 +241,16 @@ def report(doc: dict[str, Any]) -> None:
     rows.append({"figure": "noise ceiling: one long seed against the other seeds' mean (median over seeds)",
                  "kendall_tau": tau_c, "spearman": rho_c, "epochs": long_e})
     print(f"references by long top-1: {' > '.join(long_refs)}")
+    compared = {}
+    for label in dict.fromkeys([*REFS, *doc.get("compared_in_set", {}).values(), *doc.get("compared", {})]):
+        tops = [runs[label][f"{long_e}e-s{s}"][0] for s in range(seeds) if f"{long_e}e-s{s}" in runs.get(label, {})]
+        if len(tops) == seeds:
+            compared[label] = {"mean": statistics.fmean(tops), "std": statistics.stdev(tops), "top1": tops}
+            print(f"long {label:<20} {compared[label]['mean']:.4f} +- {compared[label]['std']:.4f}  "
+                  f"({', '.join(f'{t:.4f}' for t in tops)})")
     print(json.dumps({"dataset": doc["dataset"], "n_archs": len(labels), "long_epochs": long_e, "seeds": seeds,
-                      "long_seed_std": seed_std, "rows": rows}))
+                      "long_seed_std": seed_std, "rows": rows,
+                      "long_compared": compared}))
 
 
 def _order(labels: list[str], values: list[float]) -> list[str]:

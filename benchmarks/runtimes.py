@@ -120,17 +120,18 @@ def main() -> None:
     ap.add_argument("--skip-tvm-tuned", action="store_true")
     ap.add_argument("--skip-openvino", action="store_true")
     args = ap.parse_args()
+    out = Path(__file__).parent / "results" / "runtimes.json"
+    kept = json.loads(out.read_text()) if out.exists() else {}  # a skipped part keeps its last figures
     tmp = Path(tempfile.mkdtemp(prefix="nas-runtimes-"))
     try:
         print("OpenVINO: nas measure against benchmark_app", flush=True)
-        ov = [] if args.skip_openvino else openvino_rows(tmp, args.repeats, args.threads)
+        ov = kept.get("openvino", []) if args.skip_openvino else openvino_rows(tmp, args.repeats, args.threads)
         print("TVM against ONNX Runtime", flush=True)
         tvm = tvm_rows(tmp, args.trials, args.threads, not args.skip_tvm_tuned)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     table = markdown(ov, tvm, args.trials)
     print(table)
-    out = Path(__file__).parent / "results" / "runtimes.json"
     out.write_text(json.dumps({"args": vars(args), "openvino": ov, "tvm": tvm, "table": table}, indent=1))
     print(f"wrote {out}")
 
