@@ -8,6 +8,7 @@ share are tuned once for the whole search: a candidate tunes only the workloads 
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
 import time
@@ -217,6 +218,11 @@ def tune_new_workloads(mod: Any, target: Any, database: Any, work_dir: Path, tri
     new = new_workloads(tasks, database, target)
     strategy, startup = "", 0.0
     if new:
+        # MetaSchedule logs every task's table to the console (about 11,000 lines for three MobileNets); at WARNING
+        # its console handler shows only problems, while the per-task logs under work_dir/logs keep everything.
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        if ms_logger.level == logging.NOTSET:
+            ms_logger.setLevel(logging.WARNING)
         t_start = time.perf_counter()
         builder, runner = workers()
         startup = time.perf_counter() - t_start
