@@ -168,10 +168,10 @@ def main() -> None:
         return rec is not None and (len(rec) > 2 or not args.tse or e == args.long_epochs)
 
     wanted += [(label, args.long_epochs, s) for label in extra for s in range(args.seeds)]
-    arch_dicts = {**{k: a.to_dict() for k, a in archs.items()}, **extra}
+    arch_dicts = {**doc["archs"], **extra}
     todo = [(args.dataset, arch_dicts[label], label, e, s, 1) for label, e, s in wanted if not done(label, e, s)]
-    # Short runs first (the early figures come early); among long runs, a compared export's first.
     out.write_text(json.dumps(doc, indent=1))
+    # Short runs first (the early figures come early); among long runs, a compared export's first.
     todo.sort(key=lambda j: (j[3], j[2] not in extra))
     print(f"{args.dataset}: {len(archs)} archs, {len(todo)} training run(s) to go of {len(wanted)}; "
           f"{args.workers} worker(s), 1 thread each; results in {out}", flush=True)

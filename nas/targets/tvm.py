@@ -99,9 +99,8 @@ class TvmTarget(Target):
     def facts(self) -> dict[str, Any]:
         tuning = ("untuned" if not self.cfg.tune_trials else
                   f"metaschedule, {self.cfg.tune_trials} trials per candidate for workloads without a record, "
-                  f"{self.cost_model} cost model, "
-                  f"{'evolutionary' if self.cost_model == 'xgb' else f'replay-trace (evolutionary past {PER_ROUND})'}"
-                  " search, records shared by candidates")
+                  f"{self.cost_model} cost model, {strategy_rule(self.cost_model)} search, "
+                  "records shared by candidates")
         return {"device": cpu_model(), "machine": platform.machine(), "runtime": f"apache-tvm {self._tvm.__version__}",
                 "compiler_target": f"llvm -mcpu={self.cpu}", "tuning": tuning}
 
@@ -246,6 +245,13 @@ def search_strategy(cost_model: str, per_task: int) -> str:
     MobileNet's ~30 workloads) its 512-schedule population is scored at random, so it draws what sampling the
     design space draws, at 15-35 s per task here against about 1 s: replay-trace samples the space directly."""
     return "evolutionary" if cost_model == "xgb" or per_task > PER_ROUND else "replay-trace"
+
+
+def strategy_rule(cost_model: str) -> str:
+    """``search_strategy``'s rule for this cost model, as the fingerprint states it."""
+    if search_strategy(cost_model, 1) == "evolutionary":
+        return "evolutionary"
+    return f"replay-trace (evolutionary past {PER_ROUND} trials per workload)"
 
 
 def in_process_builder() -> Any:
