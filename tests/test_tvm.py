@@ -1,6 +1,7 @@
 """target=tvm: an untuned compile-and-measure end to end on a real small model, the shared tuning database (a
 workload with a record is not tuned again, by this candidate or the next), and a missing TVM in one line."""
 
+import math
 import sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -94,6 +95,53 @@ def test_tuning_database_is_shared_by_candidates(tmp_path):
     tasks, left = tasks_and_left(b)
     names = {t.task_name for t in left}
     assert 0 < len(left) < len(tasks) and not any("conv2d" in name for name in names)
+
+
+@needs_tvm
+@pytest.mark.isolated
+def test_tuning_gives_every_workload_a_record_and_keeps_the_cost_model(tmp_path):
+    """Real MetaSchedule tuning on a tiny model (about a minute, most of it TVM's one-time import of its tensor
+    intrinsics): a workload left without a record would run untuned, 10-50x slower, so every new one is tuned
+    even when the trials are fewer than the workloads; the next candidate tunes only its own new workloads."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from nas.targets.tvm import COST_MODEL_FILE, new_workloads
+
+    a = export_onnx(conv_net(4), (1, 3, 16, 16), tmp_path / "a.onnx")
+    b = export_onnx(conv_net(6), (1, 3, 16, 16), tmp_path / "b.onnx")
+    target = make_target(TvmConfig(tune_trials=1, tuning_db=str(tmp_path / "db"), **QUICK))
+    db_dir = target.database_dir()
+
+    def left(onnx_path):
+        mod = target.lowered(target._import(onnx_path)[0])
+        tasks = ms.relax_integration.extract_tasks(mod, target.compiler_target)
+        return new_workloads(tasks, ms.database.JSONDatabase(work_dir=str(db_dir)), target.compiler_target)
+
+    m = target.measure(a)
+    t = m.details["tvm"]
+    assert t["already_tuned"] == 0 and t["tasks"] >= 2 and t["trials"] == t["tasks"]  # one each, not one in all
+    assert "one schedule per new workload" in t["strategy"] and m.stats.p50 > 0
+    assert left(a) == []
+    xgb = target.cost_model == "xgb"
+    if xgb:
+        assert (db_dir / COST_MODEL_FILE).is_file()
+        before = (db_dir / COST_MODEL_FILE).stat().st_mtime_ns
+    n_new = len(left(b))
+    t = target.measure(b).details["tvm"]
+    assert 0 < n_new < t["tasks"] and t["already_tuned"] == t["tasks"] - n_new and t["trials"] == n_new
+    assert left(b) == []
+    if xgb:  # loaded, trained on b's schedules too, and written back
+        assert (db_dir / COST_MODEL_FILE).stat().st_mtime_ns > before
+
+
+def test_trials_go_where_the_measured_time_is():
+    from nas.targets.tvm import allocate
+
+    assert allocate(10, [3e-3, 1e-3, 1e-3]) == [6, 2, 2]
+    assert sum(allocate(7, [5.0, 3.0, 1.0, 1.0])) == 7 and allocate(7, [5.0, 3.0, 1.0, 1.0])[0] >= 3
+    assert allocate(0, [1.0, 2.0]) == [0, 0]
+    # A workload whose sampled schedule failed has no measured time: it gets the trials first.
+    assert allocate(3, [math.inf, 1.0, math.inf]) == [2, 0, 1]
 
 
 @needs_tvm

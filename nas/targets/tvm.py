@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
+import tarfile
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +29,14 @@ from nas.targets.base import Measurement, Target, fingerprint_hash, targets
 from nas.targets.ort import cpu_model
 from nas.targets.timing import run_rounds
 
+log = logging.getLogger(__name__)
+
 # Not an extra of nas: apache-tvm-ffi needs typing-extensions>=4.13, which litert-torch's pins (xdsl) refuse, so
 # pip cannot resolve both in one install; installed afterwards it works (pip warns about xdsl's pin). MetaSchedule
 # of apache-tvm 0.27 segfaults with apache-tvm-ffi 0.1.15 (creating a tuning task), hence the pin.
-INSTALL = ("pip install 'apache-tvm==0.27.*' 'apache-tvm-ffi<0.1.15' (after nas itself: see the README, "
-           "'OpenVINO and TVM')")
+# xgboost: MetaSchedule's learned cost model (xgboost-cpu: the same module without the CUDA wheels).
+INSTALL = ("pip install 'apache-tvm==0.27.*' 'apache-tvm-ffi<0.1.15' 'xgboost-cpu>=3.2,<4' (after nas itself: see "
+           "the README, 'OpenVINO and TVM')")
 
 
 @dataclass
@@ -98,9 +105,8 @@ class TvmTarget(Target):
 
     def facts(self) -> dict[str, Any]:
         tuning = ("untuned" if not self.cfg.tune_trials else
-                  f"metaschedule, {self.cfg.tune_trials} trials per candidate for workloads without a record, "
-                  f"{self.cost_model} cost model, {strategy_rule(self.cost_model)} search, "
-                  "records shared by candidates")
+                  f"metaschedule, {self.cfg.tune_trials} trials per candidate for workloads without a record "
+                  f"(at least one each), {strategy_rule(self.cost_model)}, records shared by candidates")
         return {"device": cpu_model(), "machine": platform.machine(), "runtime": f"apache-tvm {self._tvm.__version__}",
                 "compiler_target": f"llvm -mcpu={self.cpu}", "tuning": tuning}
 
@@ -208,50 +214,161 @@ def new_workloads(tasks: list[Any], database: Any, target: Any) -> list[Any]:
 
 def tune_new_workloads(mod: Any, target: Any, database: Any, work_dir: Path, trials: int, cost_model: str,
                        workers: Callable[[], tuple[Any, Any]]) -> Tuning:
-    """MetaSchedule on the workloads of ``mod`` that ``database`` has no record for, ``trials`` in all;
-    ``workers()``: the builder and runner, started only when something is left to tune."""
+    """MetaSchedule on the workloads of ``mod`` that ``database`` has no record for, about ``trials`` in all;
+    ``workers()``: the builder and runner, started only when something is left to tune.
+
+    Two steps, because MetaSchedule's own task scheduler spends a budget this small badly: it gives rounds in task
+    order, so with 64 trials over a MobileNet's ~36 workloads some get none, and a workload without a record runs
+    untuned (one such 1x1 convolution took 14 of 59 ms in mnasnet_100). First one schedule per new workload,
+    which also measures what each costs the model: sampled, or the cost model's pick once earlier candidates have
+    trained it; then the rest of the trials in proportion to that measured share (latency x calls), by
+    evolutionary search under the learned cost model where xgboost is installed (replay-trace otherwise: a random
+    cost model has nothing to evolve by). Candidates come one at a time, so the cost model is kept beside the
+    database and learns across them."""
     from tvm.s_tir import meta_schedule as ms
 
     t0 = time.perf_counter()
     tasks = ms.relax_integration.extract_tasks(mod, target)
     new = new_workloads(tasks, database, target)
-    strategy, startup = "", 0.0
+    done, startup = 0, 0.0
     if new:
         # MetaSchedule logs every task's table to the console (about 11,000 lines for three MobileNets); at WARNING
         # its console handler shows only problems, while the per-task logs under work_dir/logs keep everything.
+        # Each tune_tasks call reconfigures that logger (to DEBUG, its console at the level it finds): set per call.
         ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-        if ms_logger.level == logging.NOTSET:
-            ms_logger.setLevel(logging.WARNING)
+        console = ms_logger.level if ms_logger.level != logging.NOTSET else logging.WARNING
         t_start = time.perf_counter()
         builder, runner = workers()
         startup = time.perf_counter() - t_start
-        per_task = max(1, math.ceil(trials / len(new)))
-        strategy = search_strategy(cost_model, per_task)
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            new, str(work_dir), strategy=strategy, seed=0)
-        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-                           max_trials_per_task=per_task, num_trials_per_iter=min(PER_ROUND, per_task),
-                           database=database, cost_model=cost_model, builder=builder, runner=runner)
-    return Tuning(len(tasks), len(tasks) - len(new), time.perf_counter() - t0, trials if new else 0, strategy,
-                  startup)
+        model = load_cost_model(work_dir, cost_model)
+
+        def tune(batch: list[Any], strategy: Any, n: int, per_task: int) -> None:
+            ms_logger.setLevel(console)
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                batch, str(work_dir), strategy=strategy, seed=0)
+            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=n,
+                               max_trials_per_task=per_task, num_trials_per_iter=per_task, database=database,
+                               cost_model=model, builder=builder, runner=runner, task_scheduler="round-robin")
+
+        tune(new, refining_strategy(cost_model) if trained(model) else "replay-trace", len(new), 1)
+        shares = [measured_cost(t, database, target) for t in new]
+        plan = zip(new, allocate(max(0, trials - len(new)), shares), strict=True)
+        for task, n in sorted(plan, key=lambda tn: -tn[1]):
+            if n:
+                tune([task], refining_strategy(cost_model), n, n, n)
+        ms_logger.setLevel(console)  # as found, for the next candidate
+        save_cost_model(model, work_dir, cost_model)
+        done = len(new) + max(0, trials - len(new))
+    return Tuning(len(tasks), len(tasks) - len(new), time.perf_counter() - t0, done,
+                  strategy_rule(cost_model) if new else "", startup)
 
 
-PER_ROUND = 64  # MetaSchedule's trials per round of a task (its default)
+def measured_cost(task: Any, database: Any, target: Any) -> float:
+    """Seconds this workload costs one inference: its best record's mean run time times its calls; infinite
+    without a record (its sampled schedule failed), so that it is tuned first."""
+    record = database.query_tuning_record(task.dispatched[0], target, task.task_name)
+    if record is None or not record.run_secs:
+        return math.inf
+    return float(np.mean([float(s) for s in record.run_secs])) * task.weight
 
 
-def search_strategy(cost_model: str, per_task: int) -> str:
-    """Evolutionary search where it has something to evolve by: a learned cost model, or the measured best of an
-    earlier round of the same task. Otherwise (random cost model, one round per task: ``tune_trials`` of 64 over a
-    MobileNet's ~30 workloads) its 512-schedule population is scored at random, so it draws what sampling the
-    design space draws, at 15-35 s per task here against about 1 s: replay-trace samples the space directly."""
-    return "evolutionary" if cost_model == "xgb" or per_task > PER_ROUND else "replay-trace"
+def allocate(trials: int, costs: list[float]) -> list[int]:
+    """``trials`` split in proportion to ``costs`` (largest remainders get the odd ones; they sum to ``trials``);
+    infinite costs share the trials first, one each in turn."""
+    inf = [i for i, c in enumerate(costs) if math.isinf(c)]
+    out = [0] * len(costs)
+    if inf:
+        for k in range(trials):
+            out[inf[k % len(inf)]] += 1
+        return out
+    total = sum(costs)
+    if not trials or total <= 0:
+        return out
+    exact = [trials * c / total for c in costs]
+    out = [int(e) for e in exact]
+    for i in sorted(range(len(costs)), key=lambda i: out[i] - exact[i])[:trials - sum(out)]:
+        out[i] += 1
+    return out
+
+
+EVOLUTION = {"population_size": 64, "init_measured_ratio": 0.2, "init_min_unmeasured": 16, "genetic_num_iters": 2}
+"""MetaSchedule's evolutionary search, shrunk for a few trials per workload: its default population of 512 took
+15-35 s per round to generate here, for rounds of 1-10 trials. Measured on the quick search of the three
+references: a population of 128 and rounds of 2 trials (evolving from each round's measurements) took 12 min
+against 9 and tuned them no faster (mobilenetv2_100 31.7 ms against 25.9)."""
+
+
+def refining_strategy(cost_model: str) -> Any:
+    """The search for the trials after the first sample: evolutionary under a learned cost model, else
+    replay-trace (a random cost model scores the population at random: it would draw what sampling draws)."""
+    if cost_model != "xgb":
+        return "replay-trace"
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(**EVOLUTION)
 
 
 def strategy_rule(cost_model: str) -> str:
-    """``search_strategy``'s rule for this cost model, as the fingerprint states it."""
-    if search_strategy(cost_model, 1) == "evolutionary":
-        return "evolutionary"
-    return f"replay-trace (evolutionary past {PER_ROUND} trials per workload)"
+    """How trials are spent, as the fingerprint and the tuning record state it."""
+    search = ("evolutionary search (population 64) under the xgb cost model" if cost_model == "xgb" else
+              "replay-trace (random cost model)")
+    first = "the cost model's pick once trained, else sampled" if cost_model == "xgb" else "sampled"
+    return f"one schedule per new workload ({first}), the rest by measured share of latency, {search}"
+
+
+COST_MODEL_FILE = "cost_model.tar"
+
+
+def load_cost_model(work_dir: Path, cost_model: str) -> Any:
+    """MetaSchedule's cost model: for xgb, the one earlier candidates trained (``work_dir/cost_model.tar``) where
+    it loads, else a new one; it predicts after 32 measured schedules (MetaSchedule waits for 100, more than one
+    candidate's first samples)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if cost_model != "xgb":
+        return ms.cost_model.CostModel.create(cost_model)
+    model = ms.cost_model.XGBModel(num_warmup_samples=32, verbose_eval=0)
+    path = work_dir / COST_MODEL_FILE
+    if path.exists():
+        try:
+            with warnings.catch_warnings():  # xgboost guessing the format of the booster TVM wrote
+                warnings.simplefilter("ignore", UserWarning)
+                model.load(str(path))
+                if model.booster is None:  # TVM 0.27's load reads the booster into a local and drops it
+                    model.booster = _read_booster(path)
+        except Exception as e:  # a file cut short by a killed run, or from another xgboost: start afresh
+            log.warning("TVM cost model %s unreadable (%s: %s); training a new one", path, type(e).__name__,
+                        first_line(e))
+            model = ms.cost_model.XGBModel(num_warmup_samples=32, verbose_eval=0)
+    return model
+
+
+def _read_booster(path: Path) -> Any:
+    """The XGBoost booster in a cost-model file MetaSchedule wrote (a tar of ``model.bin`` and ``data.npy``)."""
+    import xgboost
+
+    with tarfile.open(path) as tar, tempfile.TemporaryDirectory() as tmp:
+        tar.extract("model.bin", tmp, filter="data")
+        booster = xgboost.Booster()
+        booster.load_model(str(Path(tmp) / "model.bin"))
+    return booster
+
+
+def trained(model: Any) -> bool:
+    """Whether ``model`` ranks schedules (an xgb model past its warm-up); a random one does not."""
+    return getattr(model, "booster", None) is not None and model.data_size >= model.num_warmup_samples
+
+
+def save_cost_model(model: Any, work_dir: Path, cost_model: str) -> None:
+    """Keeps an xgb cost model for the next candidate: written beside and then renamed, so a run killed while
+    writing leaves the previous file whole."""
+    if cost_model != "xgb":
+        return
+    tmp = work_dir / f".{COST_MODEL_FILE}.{os.getpid()}"
+    with warnings.catch_warnings():  # xgboost's note that it now saves UBJSON by default
+        warnings.simplefilter("ignore", UserWarning)
+        model.save(str(tmp))
+    tmp.replace(work_dir / COST_MODEL_FILE)
 
 
 def in_process_builder() -> Any:
