@@ -255,7 +255,7 @@ def tune_new_workloads(mod: Any, target: Any, database: Any, work_dir: Path, tri
         plan = zip(new, allocate(max(0, trials - len(new)), shares), strict=True)
         for task, n in sorted(plan, key=lambda tn: -tn[1]):
             if n:
-                tune([task], refining_strategy(cost_model), n, n, n)
+                tune([task], refining_strategy(cost_model), n, n)
         ms_logger.setLevel(console)  # as found, for the next candidate
         save_cost_model(model, work_dir, cost_model)
         done = len(new) + max(0, trials - len(new))
