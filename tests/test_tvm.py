@@ -100,8 +100,8 @@ def test_tuning_database_is_shared_by_candidates(tmp_path):
 @needs_tvm
 @pytest.mark.isolated
 def test_tuning_gives_every_workload_a_record_and_keeps_the_cost_model(tmp_path):
-    """Real MetaSchedule tuning on a tiny model (about a minute, most of it TVM's one-time import of its tensor
-    intrinsics): every new workload gets a schedule (one left without a record would run untuned, 10-50x slower),
+    """Real MetaSchedule tuning on a tiny model (about two minutes, most of it TVM's one-time import of its
+    tensor intrinsics): every new workload gets a schedule (one left without a record would run untuned, 10-50x slower),
     the trials left over are spent, and the next candidate tunes only its own new workloads."""
     from tvm.s_tir import meta_schedule as ms
 

@@ -258,7 +258,7 @@ def tune_new_workloads(mod: Any, target: Any, database: Any, work_dir: Path, tri
                 tune([task], refining_strategy(cost_model), n, n)
         ms_logger.setLevel(console)  # as found, for the next candidate
         save_cost_model(model, work_dir, cost_model)
-        done = len(new) + max(0, trials - len(new))
+        done = max(trials, len(new))
     return Tuning(len(tasks), len(tasks) - len(new), time.perf_counter() - t0, done,
                   strategy_rule(cost_model) if new else "", startup)
 
@@ -310,7 +310,8 @@ def refining_strategy(cost_model: str) -> Any:
 
 def strategy_rule(cost_model: str) -> str:
     """How trials are spent, as the fingerprint and the tuning record state it."""
-    search = ("evolutionary search (population 64) under the xgb cost model" if cost_model == "xgb" else
+    search = (f"evolutionary search (population {EVOLUTION['population_size']}) under the xgb cost model"
+              if cost_model == "xgb" else
               "replay-trace (random cost model)")
     first = "the cost model's pick once trained, else sampled" if cost_model == "xgb" else "sampled"
     return f"one schedule per new workload ({first}), the rest by measured share of latency, {search}"
@@ -327,7 +328,10 @@ def load_cost_model(work_dir: Path, cost_model: str) -> Any:
 
     if cost_model != "xgb":
         return ms.cost_model.CostModel.create(cost_model)
-    model = ms.cost_model.XGBModel(num_warmup_samples=32, verbose_eval=0)
+    def fresh() -> Any:
+        return ms.cost_model.XGBModel(num_warmup_samples=32, verbose_eval=0)
+
+    model = fresh()
     path = work_dir / COST_MODEL_FILE
     if path.exists():
         try:
@@ -339,7 +343,7 @@ def load_cost_model(work_dir: Path, cost_model: str) -> Any:
         except Exception as e:  # a file cut short by a killed run, or from another xgboost: start afresh
             log.warning("TVM cost model %s unreadable (%s: %s); training a new one", path, type(e).__name__,
                         first_line(e))
-            model = ms.cost_model.XGBModel(num_warmup_samples=32, verbose_eval=0)
+            model = fresh()
     return model
 
 
