@@ -25,9 +25,13 @@ COMMANDS = {
     "predictor eval": "test the target's predictor on fresh held-out archs (RMSE, MAPE, ±5/±10%, Kendall tau)",
     "agent": "serve measurements on this device over HTTP (for target=remote)",
     "runtimes": "which CPU runtime runs arch=NAME fastest here: p50/p90 under each one installed",
+    "accuracy predict": "predicted ImageNet top-1 of arch=NAME|arch.json (any timm MobileNet/EfficientNet)",
+    "accuracy eval": "the accuracy model against data=CSV (Accel-NASBench format): Kendall tau, Spearman, MAE",
+    "accuracy fit": "fit the ImageNet accuracy model on the shipped data (out=FILE)",
 }
 CONFIG_OF = {"search": "search", "export": "export", "measure": "measure", "predictor fit": "predictor",
-             "predictor eval": "predictor", "agent": "agent", "runtimes": "runtimes"}
+             "predictor eval": "predictor", "agent": "agent", "runtimes": "runtimes",
+             "accuracy predict": "accuracy_cmd", "accuracy eval": "accuracy_cmd", "accuracy fit": "accuracy_cmd"}
 
 
 
@@ -90,9 +94,25 @@ def runtimes_main(cfg: DictConfig) -> None:
     _run("runtimes", cfg)
 
 
+@hydra.main(config_path=CONF, config_name="accuracy_cmd", version_base=None)
+def accuracy_fit_main(cfg: DictConfig) -> None:
+    _run("accuracy fit", cfg)
+
+
+@hydra.main(config_path=CONF, config_name="accuracy_cmd", version_base=None)
+def accuracy_eval_main(cfg: DictConfig) -> None:
+    _run("accuracy eval", cfg)
+
+
+@hydra.main(config_path=CONF, config_name="accuracy_cmd", version_base=None)
+def accuracy_predict_main(cfg: DictConfig) -> None:
+    _run("accuracy predict", cfg)
+
+
 MAINS: dict[str, Callable[[], None]] = {
     "search": search_main, "export": export_main, "measure": measure_main, "predictor fit": predictor_fit_main,
     "predictor eval": predictor_eval_main, "agent": agent_main, "runtimes": runtimes_main,
+    "accuracy fit": accuracy_fit_main, "accuracy eval": accuracy_eval_main, "accuracy predict": accuracy_predict_main,
 }
 
 
@@ -151,14 +171,14 @@ def _one_line(e: Exception) -> str:
 
 
 def usage() -> str:
-    rows = "\n".join(f"  {name:<15} {text}" for name, text in COMMANDS.items())
+    rows = "\n".join(f"  {name:<17} {text}" for name, text in COMMANDS.items())
     return (f"usage: nas <command> [key=value ...] [--help | --cfg job | -m]\n\ncommands:\n{rows}\n\n"
             "example: nas search target=cpu budget_ms=5 study.n_trials=20")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["predictor"] and len(args) > 1:  # two-word commands
+    if args[:1] in (["predictor"], ["accuracy"]) and len(args) > 1:  # two-word commands
         args = [f"predictor {args[1]}", *args[2:]]
     if not args or args[0] in ("-h", "--help", "help") or args[0] not in MAINS:
         if args and args[0] not in ("-h", "--help", "help"):

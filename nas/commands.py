@@ -11,9 +11,10 @@ import optuna
 
 from nas import names
 from nas.accuracy.datasets import load_dataset, train_resolution
-from nas.arch import Arch
-from nas.config import AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig
-from nas.errors import ConfigError, NasError, StudyNotFound, TargetError, first_line
+from nas.accuracy.imagenet import ImageNetAccuracy
+from nas.arch_spec import load_arch
+from nas.config import AccuracyCmdConfig, AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig
+from nas.errors import NasError, StudyNotFound, TargetError, first_line
 from nas.export import export_best
 from nas.latency import measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
@@ -23,7 +24,6 @@ from nas.records import TrialRecord, pareto_front, record_of
 from nas.reeval import ranked, reevaluate
 from nas.runtimes import runtimes
 from nas.search import make_recipe, run_search
-from nas.search_spaces.references import reference_archs
 from nas.stores import check_stores, study_storage_url
 from nas.study import open_storage, study_prefix
 from nas.targets import make_target
@@ -87,15 +87,18 @@ def export(cfg: SearchConfig) -> int:
     tracker = Tracker(workdir, cfg.study.experiment, cfg.tracking.uri)
     best_study = max(wanted, key=lambda n: sum(r.study == n for r in records))
     run_id = tracker.find_study_run(best_study) or tracker.study_run(best_study, {})
+    cfg.check_accuracy_keys()
     reevals = []
-    if cfg.study.reeval_top_k and ranked(records, cfg.budget_ms):  # stored re-evaluations reused, missing ones run
+    # Stored re-evaluations are reused, missing ones run.
+    if cfg.trains and cfg.study.reeval_top_k and ranked(records, cfg.budget_ms):
         largest = max(train_resolution(r, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
                       for r in cfg.search_space.resolution)
         reevals = reevaluate(cfg, studies, records, load_dataset(cfg.dataset, largest),
                              targets.get(cfg.target.backend).factory, make_recipe(cfg), tracker, say)
     result = export_best(cfg, records, facts.get(names.STUDY_FINGERPRINT, {}),
                          int(facts.get(names.STUDY_NUM_CLASSES, 10)), tracker, run_id,
-                         list(facts.get(names.STUDY_COMMAND, [])), reevals)
+                         list(facts.get(names.STUDY_COMMAND, [])), reevals,
+                         None if cfg.trains else ImageNetAccuracy(cfg.accuracy.model))
     say(f"budget {cfg.budget_ms:g} ms ({cfg.target.statistic}): trial {result.trial.number} of {result.trial.study} "
         f"({result.trial.label}), {result.trial.latency_ms:.2f} ms, top-1 {_top1(result)} -> {result.path}")
     if cfg.format == "json":
@@ -128,7 +131,7 @@ def measure(cfg: MeasureConfig) -> int:
         out.update(model=str(path), **size)
         label = path.name
     else:
-        arch = _load_arch(cfg.arch)
+        arch = load_arch(cfg.arch, cfg.resolution)
         workdir = Path(cfg.workdir).expanduser().resolve()
         check_stores(workdir, ("measurements.db",))
         with scratch_dir(workdir) as scratch:
@@ -194,24 +197,13 @@ def agent(cfg: AgentConfig) -> int:
     return 0
 
 
-def _load_arch(spec: str) -> Arch:
-    refs = reference_archs()
-    if spec in refs:
-        return refs[spec]
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"arch={spec} is neither a reference ({', '.join(refs)}) nor an arch.json file")
-    try:
-        doc = json.loads(path.read_text())
-        if not isinstance(doc, dict):
-            raise ValueError(f"expected a JSON object (an Arch, or a bundle's arch.json), found a {type(doc).__name__}")
-        return Arch.from_dict(doc.get("arch", doc))
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ConfigError(f"arch={spec} is not a valid arch.json: {first_line(e)}") from None
-
-
 def _top1(result: Any) -> str:
     a = result.card["accuracy"]
+    if a.get("figure") == "predicted":
+        ref = a.get("reference")
+        return (f"{a['top1']:.2f} ± {a['std']:.2f} % (predicted ImageNet top-1, {a['domain']})"
+                + (f", {a['margin']:+.2f} over {ref['name']} ({ref['top1']:.2f} %, {ref['latency_ms']:.2f} ms)"
+                   if ref else ", no reference meets the budget"))
     return (f"{a['mean']:.3f} ± {a['std']:.3f} over {len(a['seeds'])} seeds" if a.get("std") is not None
             else f"{a['mean']:.3f} (one run)") + f" at {a['epochs']} epochs"
 
@@ -244,7 +236,9 @@ def _table(records: list[TrialRecord], cfg: SearchConfig) -> str:
                      f"{r.attrs.get(names.FIDELITY, '?'):>6} {r.attrs.get(names.TRAIN_RESOLUTION, '?'):>4} "
                      f"{r.params or 0:>10,} {(r.macs or 0) / 1e6:>7.0f}  "
                      f"{'ok' if r.latency_ms <= cfg.budget_ms else 'over':<6}  {'*' if r.number in front else ''}")
-    lines.append("top-1 is each trial's figure at the fidelity it reached (epochs): compare within one fidelity")
+    lines.append("top-1: predicted ImageNet-1k top-1 (%) from the accuracy model (epochs 0: nothing trained)"
+                 if not cfg.trains else
+                 "top-1 is each trial's figure at the fidelity it reached (epochs): compare within one fidelity")
     return "\n".join(lines)
 
 
@@ -258,4 +252,23 @@ def _printer(fmt: str) -> Any:
     return say
 
 
-__all__ = ["NasError", "agent", "export", "measure", "predictor_eval", "predictor_fit", "runtimes", "search"]
+def accuracy_fit(cfg: AccuracyCmdConfig) -> int:
+    from nas.accuracy.commands import fit
+
+    return fit(cfg, _printer(cfg.format))
+
+
+def accuracy_eval(cfg: AccuracyCmdConfig) -> int:
+    from nas.accuracy.commands import evaluate
+
+    return evaluate(cfg, _printer(cfg.format))
+
+
+def accuracy_predict(cfg: AccuracyCmdConfig) -> int:
+    from nas.accuracy.commands import predict
+
+    return predict(cfg, _printer(cfg.format))
+
+
+__all__ = ["NasError", "accuracy_eval", "accuracy_fit", "accuracy_predict", "agent",
+           "export", "measure", "predictor_eval", "predictor_fit", "runtimes", "search"]

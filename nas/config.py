@@ -44,6 +44,13 @@ class Scope(StrEnum):
     pipeline = "pipeline"
 
 
+class AccuracySource(StrEnum):
+    """Where a candidate's accuracy comes from."""
+
+    imagenet = "imagenet"  # predicted ImageNet top-1 from the accuracy model (microseconds, no training)
+    train = "train"  # trained on `dataset`: rungs, re-evaluation with seeds
+
+
 class Exporter(StrEnum):
     legacy = "legacy"  # TorchScript: several times faster here (benchmarks/trial_breakdown.py)
     dynamo = "dynamo"
@@ -188,6 +195,25 @@ class DatasetConfig:
 
 
 @dataclass
+class AccuracyConfig:
+    """``accuracy=imagenet`` (default) or ``accuracy=train``: what the search optimises besides latency."""
+
+    name: AccuracySource = AccuracySource.imagenet
+    model: str | None = None  # imagenet: a fitted model file (`nas accuracy fit out=...`); None: the shipped one
+    # imagenet: Once-for-All-style screening. Each round evolves `population` candidates for `generations`
+    # generations on the accuracy model and a latency predictor, then measures the `batch` best predicted to meet
+    # the budget (at several fractions of it, as the latency prediction is uncertain).
+    population: int = 100
+    generations: int = 20
+    batch: int = 4
+
+    def __post_init__(self) -> None:
+        require(self.population >= 4, f"accuracy.population={self.population} must be >= 4")
+        require(self.generations >= 1, f"accuracy.generations={self.generations} must be >= 1")
+        require(self.batch >= 1, f"accuracy.batch={self.batch} must be >= 1")
+
+
+@dataclass
 class StudyConfig:
     n_trials: int = 16  # trials this process adds (a rerun adds more to the same study)
     # Where the study lives: None for optuna.db in workdir; postgresql://USER@HOST:5432/DB for a study shared by
@@ -275,6 +301,7 @@ class TrackingConfig:
 class SearchConfig:
     target: TargetConfig = MISSING
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
     dataset: DatasetConfig = MISSING
     study: StudyConfig = field(default_factory=StudyConfig)
     predictor: PredictorSearchConfig = field(default_factory=PredictorSearchConfig)
@@ -291,11 +318,53 @@ class SearchConfig:
         require(self.budget_ms > 0, f"budget_ms={self.budget_ms} must be a positive number of milliseconds")
         require(self.format in ("text", "json"), f"format={self.format} must be text or json")
 
+    @property
+    def trains(self) -> bool:
+        """Whether candidates are trained on ``dataset`` (accuracy=train), rather than scored by the ImageNet model."""
+        return self.accuracy.name == AccuracySource.train
+
+    @property
+    def accuracy_domain(self) -> str:
+        """What the accuracy is measured on: the dataset's name, or ``imagenet`` (part of the study's name)."""
+        return self.dataset.name if self.trains else "imagenet"
+
+    def check_accuracy_keys(self) -> None:
+        """A dataset or training setting named with accuracy=imagenet would be silently ignored: refuse it."""
+        if self.trains:
+            return
+        training = ("dataset", "study.rungs", "study.epochs", "study.reeval_top_k", "study.reeval_seeds",
+                    "study.promote", "study.batch_size", "study.lr", "study.train_threads", "study.latency_classes")
+        named = [o for o in self.overrides if o.lstrip("+~").split("=")[0].split(".")[0] == "dataset"
+                 or o.lstrip("+~").split("=")[0] in training]
+        require(not named, f"{named[0]} only applies to accuracy=train (training on a dataset); the default "
+                           "accuracy=imagenet predicts ImageNet top-1 and trains nothing: add accuracy=train")
+
+
+@dataclass
+class AccuracyCmdConfig:
+    """`nas accuracy fit | eval | predict`: the ImageNet accuracy model."""
+
+    arch: str | None = None  # predict: a timm model name, a reference, an arch.json path, or an Arch as JSON
+    resolution: int | None = None  # predict: the input size (default: timm's, or the arch's)
+    data: str | None = None  # eval: a CSV in accel_nasbench.csv's format (block{0..6}_{e,k,l,se}, val_top1)
+    model: str | None = None  # predict/eval: a fitted model file; None: the one shipped in the package
+    out: str | None = None  # fit: where to write the model (default: WORKDIR/imagenet_accuracy.json)
+    seed: int = 0
+    workdir: str = "nas-workdir"
+    format: str = "text"
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require(self.resolution is None or 32 <= self.resolution <= 1024,
+                f"resolution={self.resolution} must be within 32..1024 px")
+        require(self.format in ("text", "json"), f"format={self.format} must be text or json")
+
 
 @dataclass
 class MeasureConfig:
     target: TargetConfig = MISSING
-    arch: str | None = None  # a reference name or an arch.json path
+    arch: str | None = None  # a reference name, a timm model name or an arch.json path
+    resolution: int | None = None  # with arch=: the input size (default: timm's, or the arch's)
     model: str | None = None  # an ONNX (or, for TFLite targets, .tflite) file
     num_classes: int = 1000
     workdir: str = "nas-workdir"
@@ -389,6 +458,8 @@ def register_configs() -> None:
     cs.store(name="predictor_schema", node=PredictorCmdConfig)
     cs.store(name="agent_schema", node=AgentConfig)
     cs.store(name="runtimes_schema", node=RuntimesConfig)
+    cs.store(name="accuracy_cmd_schema", node=AccuracyCmdConfig)
     cs.store(group="search_space", name="search_space_schema", node=SearchSpaceConfig)
     cs.store(group="study", name="study_schema", node=StudyConfig)
+    cs.store(group="accuracy", name="accuracy_schema", node=AccuracyConfig)
     load_plugins()

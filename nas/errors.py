@@ -17,6 +17,10 @@ class ConfigError(NasError, ValueError):
     exit_code = 2
 
 
+class ArchError(NasError, ValueError):
+    """An architecture that cannot be had: an unknown timm model, or one whose blocks an ``Arch`` cannot express."""
+
+
 class DatasetError(NasError, ValueError):
     pass
 

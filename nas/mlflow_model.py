@@ -19,6 +19,7 @@ import onnx
 from torch import nn
 
 from nas import names
+from nas.accuracy.imagenet import predicted_text
 from nas.records import TrialRecord
 from nas.tracking import Tracker
 
@@ -102,6 +103,8 @@ def save_flavors(path: Path, module: nn.Module, bundle: Path, graph: onnx.ModelP
 
 def accuracy_text(a: dict[str, Any]) -> str:
     """The card's ``accuracy`` block in one phrase: mean ± std over seeds, or the single run it is."""
+    if a.get("figure") == "predicted":
+        return predicted_text(a)
     where = f"{a.get('dataset')}, {a.get('epochs')} epoch(s) at {a.get('train_resolution')} px"
     if a.get("std") is None:
         return f"{a['mean']:.4f} (one training run, not re-evaluated; {where})"
@@ -117,7 +120,12 @@ def version_tags(card: dict[str, Any]) -> dict[str, str]:
         names.BUDGET_TAG: f"{card['budget_ms']:g}", names.STATISTIC_TAG: stat,
         names.LATENCY_SOURCE: card["latency_source"], latency: str(card["latency_ms"][stat]),
         names.FINGERPRINT_TAG: json.dumps(card["fingerprint"], sort_keys=True),
-        names.ACCURACY: str(acc["mean"]), **({names.REEVAL_STD: str(acc["std"])} if acc.get("std") is not None else {}),
+        names.ACCURACY: str(acc["mean"]), **({names.REEVAL_STD: str(acc["std"])} if acc.get("std") is not None
+                                            and acc.get("figure") != "predicted" else {}),
+        **({names.ACCURACY_STD: str(acc["std"]), names.ACCURACY_DOMAIN: str(acc["domain"]),
+            "accuracy_reference": (acc["reference"] or {}).get("name", "none"),
+            "margin_over_reference": "n/a" if acc["margin"] is None else f"{acc['margin']:.2f}"}
+           if acc.get("figure") == "predicted" else {}),
         names.TIMM_NAME: card[names.TIMM_NAME], names.WEIGHTS_TAG: WEIGHTS,
     }
 

@@ -24,6 +24,9 @@ FIDELITY = "fidelity_epochs"  # the highest rung reached: the fidelity of the tr
 FAIL_REASON = "fail_reason"
 TIMES = "times"  # seconds per step
 ACCURACY_FP32 = "accuracy_fp32"  # int8 targets: the float model's top-1 beside the deployed one
+ACCURACY_STD = "accuracy_std"  # accuracy=imagenet: the prediction's uncertainty (top-1 points)
+ACCURACY_DOMAIN = "accuracy_domain"  # accuracy=imagenet: accel_nasbench | scaled | extrapolated
+SCREENED = "screened"  # accuracy=imagenet: the pick's screening round (candidates scored, predicted latency, z)
 
 # -- Optuna study attributes -------------------------------------------------------------------------------------
 STUDY_NUM_CLASSES = "num_classes"

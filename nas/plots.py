@@ -18,6 +18,12 @@ def plot_pareto(records: list[TrialRecord], budget_ms: float, statistic: str, ti
     _html(done, front, budget_ms, statistic, title, html)
 
 
+def _ylabel(done: list[TrialRecord]) -> str:
+    if done and all(names.ACCURACY_STD in r.attrs for r in done):
+        return "predicted ImageNet-1k top-1 (%), accuracy model"
+    return "top-1 at the fidelity each trial reached"
+
+
 def _png(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat: str, title: str,
          path: Path) -> None:
     import matplotlib
@@ -31,7 +37,8 @@ def _png(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat:
     for i, epochs in enumerate(sorted({_fidelity(r) for r in others})):
         group = [r for r in others if _fidelity(r) == epochs]
         ax.scatter([r.latency_ms for r in group], [r.accuracy for r in group], s=14 + 10 * i, c="#9aa5b1",
-                   marker="os^Dv"[i % 5], label=f"trials, top-1 after {epochs} epoch(s)")
+                   marker="os^Dv"[i % 5],
+                   label=f"trials, top-1 after {epochs} epoch(s)" if epochs else "trials, predicted top-1")
     ax.plot([r.latency_ms for r in front], [r.accuracy for r in front], "-o", c="#d9480f", ms=6,
             label="Pareto front")
     refs = sorted((r for r in done if r.attrs.get("reference")), key=lambda r: r.latency_ms)
@@ -40,7 +47,7 @@ def _png(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat:
                     xytext=(5, 6 if i % 2 == 0 else -12), fontsize=8)
     ax.axvline(budget, ls="--", c="#1c7ed6", label=f"budget {budget:g} ms")
     ax.set_xlabel(f"latency {stat} (ms)")
-    ax.set_ylabel("top-1 at the fidelity each trial reached")
+    ax.set_ylabel(_ylabel(done))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -55,8 +62,10 @@ def _html(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat
     import plotly.graph_objects as go
 
     def hover(r: TrialRecord) -> str:
-        return (f"trial {r.number} {r.label}<br>acc {r.accuracy:.3f} after {_fidelity(r)} epoch(s)"
-                f"<br>{stat} {r.latency_ms:.2f} ms"
+        return (f"trial {r.number} {r.label}<br>acc {r.accuracy:.3f} "
+                + (f"± {r.attrs[names.ACCURACY_STD]:.2f} predicted" if names.ACCURACY_STD in r.attrs
+                   else f"after {_fidelity(r)} epoch(s)")
+                + f"<br>{stat} {r.latency_ms:.2f} ms"
                 f"<br>params {r.params or 0:,}<br>MACs {r.macs or 0:,}")
 
     fig = go.Figure()
@@ -71,7 +80,7 @@ def _html(done: list[TrialRecord], front: list[TrialRecord], budget: float, stat
                     text=[r.attrs["reference"] for r in refs], textposition="top right", name="references")
     fig.add_vline(x=budget, line_dash="dash", line_color="#1c7ed6", annotation_text=f"budget {budget:g} ms")
     fig.update_layout(title=title, xaxis_title=f"latency {stat} (ms)",
-                      yaxis_title="top-1 at the fidelity each trial reached",
+                      yaxis_title=_ylabel(done),
                       template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(fig.to_html(include_plotlyjs=True, full_html=True))

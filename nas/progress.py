@@ -32,8 +32,9 @@ class Progress:
         elif r.state == "complete":
             mark = "ok " if r.latency_ms <= self.cfg.budget_ms else "over"
             kind = " predicted" if r.latency is not None and r.latency.source == "predicted" else ""
-            body = (f"{stat} {r.latency_ms:6.2f} ms{kind} {mark} | top-1 {r.accuracy:.3f} "
-                    f"@{r.attrs.get(names.FIDELITY, '?')}ep {r.attrs.get(names.TRAIN_RESOLUTION, '?')}px")
+            how = (f"± {r.attrs[names.ACCURACY_STD]:.2f} predicted" if names.ACCURACY_STD in r.attrs else
+                   f"@{r.attrs.get(names.FIDELITY, '?')}ep {r.attrs.get(names.TRAIN_RESOLUTION, '?')}px")
+            body = f"{stat} {r.latency_ms:6.2f} ms{kind} {mark} | top-1 {r.accuracy:.3f} {how}"
         else:
             body = f"{r.state}: {r.reason or ''}"
         best = next(iter(ranked([record_of(study.study_name, t) for t in study.trials], self.cfg.budget_ms)), None)

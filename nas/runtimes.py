@@ -113,11 +113,12 @@ def table(rows: list[RuntimeRow], statistic: str) -> str:
 
 def runtimes(cfg: RuntimesConfig) -> int:
     """The body of `nas runtimes`: the table (or JSON) for one architecture."""
-    from nas.commands import _load_arch, _printer  # the same arch=NAME|arch.json and output rules as `nas measure`
+    from nas.arch_spec import load_arch
+    from nas.commands import _printer  # the same output rules as `nas measure`
     from nas.stores import check_stores
 
     say = _printer(cfg.format)
-    arch = _load_arch(cfg.arch)
+    arch = load_arch(cfg.arch)
     workdir = Path(cfg.workdir).expanduser().resolve()
     check_stores(workdir, ("measurements.db",))
     rows = measure_runtimes(arch, cfg.target, list(cfg.runtimes), workdir, cfg.num_classes)

@@ -10,22 +10,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from nas import mlflow_review, names
 from nas.accuracy.datasets import load_dataset, train_resolution
+from nas.accuracy.imagenet import ImageNetAccuracy
 from nas.accuracy.train import Recipe, resolve_device
+from nas.arch import Arch
 from nas.config import SearchConfig
 from nas.errors import NasError
 from nas.export import ExportResult, bundle_name, export_best
-from nas.latency import scratch_dir
+from nas.latency import measured_archs, scratch_dir
 from nas.measure_cache import MeasurementCache
 from nas.plots import front_json, plot_pareto
 from nas.predictor_gate import PredictorGate
 from nas.predictors.base import predictor_path
+from nas.predictors.kernel_sum import KernelSumPredictor
 from nas.progress import Progress
 from nas.records import TrialRecord, best_under_budget, pareto_front, record_of
 from nas.reeval import reevaluate
+from nas.screen import evolve
 from nas.search_spaces.factorized import make_space
 from nas.stores import cache_url, check_stores, setup_lock, study_storage_url
 from nas.study import active_workers, open_study
@@ -33,6 +38,8 @@ from nas.targets import make_target
 from nas.tracking import Tracker
 from nas.trial import CANDIDATE_FAILURES, TrialContext, objective
 from nas.workers import WORKER_DIED
+
+IMAGENET_CLASSES = 1000  # accuracy=imagenet: candidates are measured and exported as ImageNet classifiers
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it once
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -71,16 +78,22 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     started = time.time()
     workdir = Path(cfg.workdir).expanduser().resolve()
     # Everything that can fail on bad input fails before anything is written.
-    largest = max(train_resolution(r, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
-                  for r in cfg.search_space.resolution)
-    data = load_dataset(cfg.dataset, largest)
+    cfg.check_accuracy_keys()
+    data, imagenet = None, None
+    if cfg.trains:
+        largest = max(train_resolution(r, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
+                      for r in cfg.search_space.resolution)
+        data = load_dataset(cfg.dataset, largest)
+    else:
+        imagenet = ImageNetAccuracy(cfg.accuracy.model)
+    num_classes = data.num_classes if data is not None else IMAGENET_CLASSES
     recipe = make_recipe(cfg)
     target = make_target(cfg.target)
     space = make_space(cfg.search_space)
     check_stores(workdir)  # a damaged store is one line, before anything is written
 
     tracker = Tracker(workdir, cfg.study.experiment, cfg.tracking.uri)
-    opened = open_study(cfg, workdir, target, space, tracker, data.num_classes)
+    opened = open_study(cfg, workdir, target, space, tracker, num_classes)
     study, name = opened.study, opened.study.study_name
     if opened.reaped:
         log(f"trial(s) {', '.join(map(str, opened.reaped))} of a process that died were marked failed "
@@ -88,7 +101,7 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     if (warning := target.warning()) is not None:
         log(warning)
     cache = MeasurementCache(cache_url(study_storage_url(cfg.study.storage, workdir), workdir))
-    gate = PredictorGate(cfg.predictor, str(cfg.target.statistic), cfg.budget_ms, target, cache, data.num_classes,
+    gate = PredictorGate(cfg.predictor, str(cfg.target.statistic), cfg.budget_ms, target, cache, num_classes,
                          predictor_path(workdir, cfg.target.name, target.fingerprint(), cfg.predictor.kind))
     if gate.note:
         log(gate.note)
@@ -98,18 +111,27 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     log(f"study {name}: {opened.stored} trial(s) stored, adding {cfg.study.n_trials}"
         + (f" (first: {', '.join(opened.enqueued)})" if opened.enqueued else "")
         + f"; budget {cfg.budget_ms:g} ms {cfg.target.statistic} on {cfg.target.name}; workdir {workdir}")
+    if imagenet is not None:
+        log(f"accuracy: {imagenet.describe()}")
     interrupted = False
     with scratch_dir(workdir) as scratch:
         ctx = TrialContext(cfg, target, data, space, tracker, opened.parent_id, name, cache, gate, scratch, recipe,
-                           opened.reap)
+                           opened.reap, imagenet)
         callbacks: list[Any] = [Progress(cfg, log, cfg.study.n_trials)]
         if cfg.study.max_trials is not None:
             callbacks.append(StopAt(cfg.study.max_trials))
+
+        def optimize(n: int, timeout: float | None) -> None:
+            study.optimize(lambda trial: objective(trial, ctx), n_trials=n, timeout=timeout,
+                           catch=CANDIDATE_FAILURES, callbacks=callbacks, gc_after_trial=False)
+
         try:
-            if not StopAt.full(study, cfg.study.max_trials):
-                study.optimize(lambda trial: objective(trial, ctx), n_trials=cfg.study.n_trials,
-                               timeout=cfg.study.timeout_s, catch=CANDIDATE_FAILURES, callbacks=callbacks,
-                               gc_after_trial=False)
+            if StopAt.full(study, cfg.study.max_trials):
+                pass
+            elif imagenet is None:
+                optimize(cfg.study.n_trials, cfg.study.timeout_s)
+            else:
+                screen_and_measure(cfg, study, space, imagenet, gate, cache, target, num_classes, optimize, log)
         except KeyboardInterrupt:
             interrupted = True
             log("interrupted: finished trials are kept; run the same command again to resume")
@@ -135,10 +157,10 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
                                  experiment_id=tracker.experiment_id)
         finish_tracking(cfg, workdir, tracker, opened.parent_id, name, records)
         try:
-            reevals = [] if interrupted else reevaluate(cfg, {name: study}, records, data, type(target), recipe,
-                                                          tracker, log)
-            export = export_best(cfg, records, target.fingerprint(), data.num_classes, tracker, opened.parent_id,
-                                 list(cfg.overrides), reevals)
+            reevals = [] if interrupted or data is None else \
+                reevaluate(cfg, {name: study}, records, data, type(target), recipe, tracker, log)
+            export = export_best(cfg, records, target.fingerprint(), num_classes, tracker, opened.parent_id,
+                                 list(cfg.overrides), reevals, imagenet)
         except NasError as e:
             export_error = str(e)
         except KeyboardInterrupt:
@@ -149,6 +171,64 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     tracker.end(opened.parent_id, "KILLED" if interrupted else "FINISHED")
     return SearchSummary(name, records, export, export_error, opened.parent_id, interrupted,
                          experiment_id=tracker.experiment_id)
+
+
+def screen_and_measure(cfg: SearchConfig, study: optuna.Study, space: Any, imagenet: ImageNetAccuracy,
+                       gate: PredictorGate, cache: MeasurementCache, target: Any, num_classes: int,
+                       optimize: Any, log: Any) -> None:
+    """accuracy=imagenet: rounds of screening on the predictors, each followed by measuring its picks (queued
+    trials, such as the references, run first). The sampler proposes only when screening has nothing to offer."""
+    deadline = None if cfg.study.timeout_s is None else time.monotonic() + cfg.study.timeout_s
+    rng = np.random.default_rng(cfg.study.seed + len(study.trials))
+    remaining, screened = cfg.study.n_trials, 0
+    while remaining > 0 and not StopAt.full(study, cfg.study.max_trials):
+        waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        n = min(remaining, waiting)
+        if not n:
+            latency, how = screening_latency(gate, cache, target, num_classes, str(cfg.target.statistic))
+            picks = []
+            if latency is not None:
+                known = {t.user_attrs.get(names.ARCH_HASH) for t in study.trials}
+                result = evolve(space, imagenet.top1, latency, cfg.budget_ms, min(cfg.accuracy.batch, remaining),
+                                known, rng, cfg.accuracy.population, cfg.accuracy.generations)
+                picks, screened = result.picks, screened + result.screened
+                for p in picks:
+                    study.enqueue_trial(p.params, user_attrs={names.SCREENED: {
+                        "round_candidates": result.screened, "predicted_top1": p.top1,
+                        "predicted_latency_ms": p.latency_ms, "predicted_latency_std_ms": p.latency_std_ms,
+                        "z": p.z}})
+                log(f"screened {result.screened} candidates on the predictors (top-1: accuracy model; latency: "
+                    f"{how}); measuring {len(picks)}: " + ", ".join(
+                        f"{p.arch.hash[:8]} {p.top1:.1f}% ~{p.latency_ms:.1f}±{p.latency_std_ms:.1f} ms"
+                        for p in picks))
+            n = min(remaining, max(len(picks), 1))  # nothing picked: the sampler proposes one
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        optimize(n, left)
+        remaining -= n
+    study.set_user_attr(names.SCREENED, study.user_attrs.get(names.SCREENED, 0) + screened)
+
+
+def screening_latency(gate: PredictorGate, cache: MeasurementCache, target: Any, num_classes: int,
+                      statistic: str) -> tuple[Any, str]:
+    """The latency predictor screening uses, and what it is: a fitted predictor file, else a kernel-sum model fitted
+    now on every latency of this set-up (measured, or the target's own predictions), its uncertainty no tighter
+    than a few measurements allow; None before three latencies exist (the references come first)."""
+    if gate.predictor is not None and gate.source.startswith("fitted"):
+        return gate.predictor.predict, f"predictor {gate.source}"
+    archs, stats = measured_archs(cache, target, num_classes)
+    if len(archs) < 3:
+        return None, "none yet"
+    y = np.array([s.value(statistic) for s in stats])
+    model = KernelSumPredictor(num_classes=num_classes).fit(archs, y)
+    floor = max(0.05, 0.5 / np.sqrt(len(archs)))
+
+    def predict(batch: list[Arch]) -> tuple[np.ndarray, np.ndarray]:
+        mean, std = model.predict(batch)
+        return mean, np.maximum(std, floor * mean)
+
+    return predict, f"kernel-sum fit on {len(archs)} {target.latency_source} latencies (±{floor:.0%} at least)"
 
 
 def make_recipe(cfg: SearchConfig) -> Recipe:

@@ -1,9 +1,10 @@
 """A study's identity and opening it: its name, its set-up, its storage, its MLflow parent run, its references.
 
 A study's identity covers everything that changes what a latency means. The name carries what a user chooses
-(target, precision, batch, scope, statistic, space, dataset, budget: ``cpu-int8-mbconv-digits-10ms``), so another
-set-up opens its own study; the target's fingerprint (device, runtime versions, protocol) is stored on the study
-when it is made, and resuming on a different one is refused in one line rather than mixing figures.
+(target, precision, batch, scope, statistic, space, dataset or ``imagenet``, budget:
+``cpu-int8-mbconv-imagenet-10ms``), so another set-up opens its own study; the target's fingerprint (device,
+runtime versions, protocol) is stored on the study when it is made, and resuming on a different one is refused in
+one line rather than mixing figures.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class StudyMismatch(NasError):
 def study_prefix(cfg: SearchConfig) -> str:
     """Target and its set-up, space and dataset: trials of studies sharing it are comparable whatever the budget."""
     tag = cfg.target.setup_tag()
-    return f"{cfg.target.name}{'-' + tag if tag else ''}-{cfg.search_space.name}-{cfg.dataset.name}"
+    return f"{cfg.target.name}{'-' + tag if tag else ''}-{cfg.search_space.name}-{cfg.accuracy_domain}"
 
 
 def study_name(cfg: SearchConfig) -> str:
@@ -112,7 +113,8 @@ def open_study(cfg: SearchConfig, workdir: Path, target: Target, space: Any, tra
         remove_dead_scratch(workdir)
         enqueued = enqueue_references(study, space) if cfg.search_space.enqueue_references else []
         parent_id = tracker.study_run(name, {
-            "target": cfg.target.name, "search_space": cfg.search_space.name, "dataset": cfg.dataset.name,
+            "target": cfg.target.name, "search_space": cfg.search_space.name, "accuracy": str(cfg.accuracy.name),
+            "dataset": cfg.accuracy_domain,
             "budget_ms": f"{cfg.budget_ms:g}", "statistic": str(cfg.target.statistic)})
         if names.STUDY_TRACKING not in study.user_attrs:
             study.set_user_attr(names.STUDY_TRACKING, {"uri": redact(tracker.uri), "parent_run": parent_id})
@@ -141,13 +143,13 @@ def active_workers(study: optuna.Study) -> int:
 
 
 def enqueue_references(study: optuna.Study, space: Any) -> list[str]:
-    """Enqueue each reference the space contains, unless the study has it done, queued, running, or failed for a
-    reason of its own; a reference whose run was interrupted or whose worker died is run again."""
+    """Enqueue each of the space's references, unless the study has it done, queued, running, or failed for a
+    reason of its own; a reference whose run was interrupted or whose worker died is run again. A reference the
+    space cannot express is enqueued with the space's nearest parameters (what the sampler learns from) and
+    measured as itself (``trial.start`` builds the reference)."""
     queued = []
     for ref_name, arch in space.references().items():
-        params = space.params_of(arch)
-        if params is None:
-            continue
+        params = space.nearest_params(arch)
         if any(t.user_attrs.get(names.REFERENCE) == ref_name and not _retry(t) for t in study.trials):
             continue
         study.enqueue_trial(params, user_attrs={names.REFERENCE: ref_name})

@@ -19,6 +19,7 @@ import optuna
 
 from nas import names
 from nas.accuracy.datasets import ImageData, TensorSplits, train_resolution
+from nas.accuracy.imagenet import ImageNetAccuracy
 from nas.accuracy.train import Recipe, train_run
 from nas.arch import Arch
 from nas.config import SearchConfig
@@ -37,7 +38,7 @@ class TrialContext:
 
     cfg: SearchConfig
     target: Target
-    data: ImageData
+    data: ImageData | None  # accuracy=train's dataset; None with accuracy=imagenet
     space: Any
     tracker: Tracker
     parent_id: str
@@ -47,6 +48,7 @@ class TrialContext:
     scratch: Path
     recipe: Recipe = field(default_factory=Recipe)
     reap: Callable[[], list[int]] | None = None  # fail trials of dead workers on this host (each trial start)
+    imagenet: ImageNetAccuracy | None = None  # accuracy=imagenet's model; None: candidates are trained
 
 
 @dataclass
@@ -55,8 +57,8 @@ class Candidate:
     arch: Arch
     reference: str | None
     run_id: str
-    train_resolution: int
-    data: TensorSplits
+    train_resolution: int | None  # None: nothing is trained (accuracy=imagenet)
+    data: TensorSplits | None
     stage: str = "latency"  # where a failure happened: latency or training
     times: dict[str, float] = field(default_factory=dict)
 
@@ -88,7 +90,8 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
         pred = predict(cand, ctx)
         lat = measure(cand, ctx, pred)
         cand.stage = "training"
-        acc = train(cand, ctx, lat.stats.value(str(ctx.cfg.target.statistic)))
+        acc = (train(cand, ctx, lat.stats.value(str(ctx.cfg.target.statistic))) if ctx.imagenet is None
+               else predicted_top1(cand, ctx.imagenet))
         result = record(cand, ctx, lat, acc)
         status = "FINISHED"
         return result
@@ -115,19 +118,23 @@ def start(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
     t0 = time.perf_counter()
     arch = ctx.space.sample(trial)
     ref = trial.user_attrs.get(names.REFERENCE)
+    if ref is not None:  # measured as itself, also where the space can only approximate it
+        arch = ctx.space.references().get(ref, arch)
     sampled = time.perf_counter() - t0
-    res = train_resolution(arch.resolution, ctx.cfg.dataset.proxy_scale, ctx.cfg.dataset.min_resolution)
+    res = None if ctx.data is None else \
+        train_resolution(arch.resolution, ctx.cfg.dataset.proxy_scale, ctx.cfg.dataset.min_resolution)
     trial.set_user_attr(names.ARCH, arch.to_dict())
     trial.set_user_attr(names.ARCH_HASH, arch.hash)
-    trial.set_user_attr(names.TRAIN_RESOLUTION, res)
+    if res is not None:
+        trial.set_user_attr(names.TRAIN_RESOLUTION, res)
     if (same := duplicate_of(trial, arch.hash)) is not None:
         raise Duplicate(same)
     t0 = time.perf_counter()
     run_id = ctx.tracker.trial_run(ctx.parent_id, ctx.study, trial.number,
-                                   {**arch_params(arch, ref), names.TRAIN_RESOLUTION: res})
+                                   {**arch_params(arch, ref), **({names.TRAIN_RESOLUTION: res} if res else {})})
     ctx.tracker.log_text(run_id, arch.to_json(), "arch.json")
     trial.set_user_attr(names.RUN_ID, run_id)
-    return Candidate(trial, arch, ref, run_id, res, ctx.data.at(res),
+    return Candidate(trial, arch, ref, run_id, res, None if ctx.data is None or res is None else ctx.data.at(res),
                      times={"sample": sampled, "log": time.perf_counter() - t0})
 
 
@@ -215,6 +222,17 @@ def rung_peers(trial: optuna.Trial, epochs: int, klass: int, ctx: TrialContext) 
     return peers
 
 
+def predicted_top1(cand: Candidate, model: ImageNetAccuracy) -> Fidelity:
+    """accuracy=imagenet: the model's predicted ImageNet top-1, its uncertainty and domain (fidelity 0: no
+    training)."""
+    p = model.score([cand.arch])[0]
+    cand.trial.set_user_attr(names.ACCURACY_STD, p.std)
+    cand.trial.set_user_attr(names.ACCURACY_DOMAIN, p.domain)
+    cand.trial.set_user_attr(names.FIDELITY, 0)
+    cand.times["train"] = 0.0
+    return Fidelity(p.top1, 0, {}, 0.0)
+
+
 def train(cand: Candidate, ctx: TrialContext, latency_ms: float) -> Fidelity:
     """Rung by rung: a complete training run per rung, promoted to the next while among the best of its class."""
     cfg = ctx.cfg
@@ -259,6 +277,8 @@ def record(cand: Candidate, ctx: TrialContext, lat: ArchLatency, acc: Fidelity) 
                   for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")},
                **({} if predicted else {names.LATENCY_CV: lat.stats.cv, **uncertainty_metrics(lat.stats, stat)}),
                **detail_metrics(lat.details)}
+    if (std := cand.trial.user_attrs.get(names.ACCURACY_STD)) is not None:
+        metrics[names.ACCURACY_STD] = std
     if acc.top1_fp32 is not None:
         metrics[names.ACCURACY_FP32] = acc.top1_fp32
         cand.trial.set_user_attr(names.ACCURACY_FP32, acc.top1_fp32)
@@ -266,6 +286,7 @@ def record(cand: Candidate, ctx: TrialContext, lat: ArchLatency, acc: Fidelity) 
         names.FEASIBLE: str(latency_ms <= cfg.budget_ms).lower(), names.PARETO: "false",
         names.LATENCY_SOURCE: lat.stats.source, names.LATENCY_CACHED: str(lat.cached).lower(),
         names.FIDELITY_TAG: str(acc.epochs), names.STATE: "complete",
+        **({names.ACCURACY_DOMAIN: d} if (d := cand.trial.user_attrs.get(names.ACCURACY_DOMAIN)) else {}),
         **({names.REFERENCE: cand.reference} if cand.reference else {})})
     cand.times["log"] += time.perf_counter() - t0
     cand.trial.set_user_attr(names.TIMES, cand.times)

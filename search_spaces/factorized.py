@@ -72,12 +72,14 @@ class FactorizedSpace:
         act = pick("act", self.acts)
         stages = []
         for i, st in enumerate(self.stages):
+            repeats, kernel = pick(f"s{i}_depth", st.depth), pick(f"s{i}_kernel", st.kernel)
+            expansion = pick(f"s{i}_expansion", st.expansion)
             stages.append((Block(
-                kind=st.kind,
-                repeats=pick(f"s{i}_depth", st.depth),
-                kernel=pick(f"s{i}_kernel", st.kernel),
+                kind=_kind(st.kind, expansion),
+                repeats=repeats,
+                kernel=kernel,
                 stride=st.stride,
-                expansion=pick(f"s{i}_expansion", st.expansion),
+                expansion=expansion,
                 channels=pick(f"s{i}_channels", st.channels),
                 se=pick(f"s{i}_se", st.se),
                 act=pick(f"s{i}_act", st.act),
@@ -87,14 +89,47 @@ class FactorizedSpace:
             act=act, width=pick("width", self.widths), resolution=pick("resolution", self.resolutions),
         ).canonical()
 
+    def choices(self) -> dict[str, tuple]:
+        """Every Optuna parameter of the space with its choices (single-valued choices are no parameter)."""
+        seen = _Recorder()
+        self.sample(seen)
+        return seen.choices
+
+    def arch_of(self, params: dict[str, Any]) -> Arch:
+        """The arch ``sample`` returns for these parameter values."""
+        return self.sample(_Fixed(params))
+
     def extremes(self) -> tuple[Arch, Arch]:
         """The space's smallest and largest networks: every choice at its minimum, then at its maximum."""
         return self.sample(_Extreme(min)), self.sample(_Extreme(max))
 
     # -- references -------------------------------------------------------------------------------------------
     def references(self) -> dict[str, Arch]:
-        """timm's networks at their native width (1.0) and resolution (224 px, or the space's nearest)."""
-        return reference_archs(resolution=min(self.resolutions, key=lambda r: (abs(r - 224), -r)))
+        """timm's networks of the space's family at their native width (1.0) and resolution (224 px, or the space's
+        nearest). The study measures each, whether or not the space can express it."""
+        res = min(self.resolutions, key=lambda r: (abs(r - 224), -r))
+        return {k: a for k, a in reference_archs(resolution=res).items() if a.family == self.family}
+
+    def nearest_params(self, arch: Arch) -> dict[str, Any]:
+        """The space's parameters closest to ``arch`` (exact when the space contains it): what the sampler is told
+        about a reference it cannot express, so its trial still carries every parameter of the space."""
+        exact = self.params_of(arch)
+        if exact is not None:
+            return exact
+        def near(value: Any, choices: tuple) -> Any:
+            if isinstance(value, str) or isinstance(choices[0], str):
+                return value if value in choices else choices[0]
+            return min(choices, key=lambda c: abs(float(c) - float(value)))
+
+        values: dict[str, Any] = {"act": arch.act, "width": arch.width, "resolution": arch.resolution}
+        stages = [s for s in arch.stages if s[0].kind != "cn"] or list(arch.stages)
+        for i in range(len(self.stages)):
+            stage = stages[min(i, len(stages) - 1)]
+            b = stage[0]
+            values.update({f"s{i}_depth": sum(x.repeats for x in stage), f"s{i}_kernel": b.kernel,
+                           f"s{i}_expansion": b.expansion, f"s{i}_channels": b.channels, f"s{i}_se": b.se,
+                           f"s{i}_act": b.act or arch.act})
+        return {name: near(values[name], choices) for name, choices in self.choices().items()}
 
     def params_of(self, arch: Arch) -> dict[str, Any] | None:
         """The Optuna params that make ``sample`` return ``arch``, or None when the space cannot express it."""
@@ -108,7 +143,7 @@ class FactorizedSpace:
             "resolution": (arch.resolution, self.resolutions),
         }
         for i, ((b,), st) in enumerate(zip(arch.stages, self.stages, strict=True)):
-            if (b.kind, b.stride) != (st.kind, st.stride):
+            if (b.kind, b.stride) != (_kind(st.kind, b.expansion), st.stride):
                 return None
             values.update({
                 f"s{i}_depth": (b.repeats, st.depth),
@@ -128,6 +163,20 @@ class FactorizedSpace:
 
     def contains(self, arch: Arch) -> bool:
         return self.params_of(arch) is not None
+
+
+def _kind(kind: str, expansion: float) -> str:
+    """Expansion 1 is EfficientNet's MBConv without its expansion conv: timm's depthwise-separable block."""
+    return "ds" if kind == "ir" and float(expansion) == 1.0 else kind
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.choices: dict[str, tuple] = {}
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.choices[name] = tuple(choices)
+        return choices[0]
 
 
 class _Fixed:

@@ -15,6 +15,7 @@ ISOLATED_ENV = "NAS_TEST_ISOLATED"
 
 # Small but real: 64 px deployment shape, 16 px digits (400 of them), one epoch, a few timed runs.
 FAST = [
+    "accuracy=train",  # these tests exercise training; tests/test_imagenet_search.py covers the default
     "search_space.resolution=[64]", "target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10",
     "target.rounds=2", "target.round_pause_s=0", "dataset.proxy_scale=0.25", "study.epochs=1", "study.reeval_top_k=0",
     "target.tolerance=0", "target.drift_tolerance=0", "dataset.max_images=400",

@@ -50,10 +50,23 @@ def test_hydra_flags_still_work(tmp_path):
 
 def test_missing_imagefolder_is_one_line(tmp_path):
     wd = tmp_path / "wd"
-    res = run_nas("search", "dataset=imagefolder", f"dataset.path={tmp_path / 'nope'}", f"workdir={wd}")
+    res = run_nas("search", "accuracy=train", "dataset=imagefolder", f"dataset.path={tmp_path / 'nope'}",
+                  f"workdir={wd}")
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].startswith("nas search: error: dataset.path=")
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not wd.exists()
+
+
+@pytest.mark.parametrize("override", ["dataset=elpv", "study.epochs=3"])
+def test_a_training_setting_without_accuracy_train_is_refused_not_ignored(override, tmp_path):
+    """The default accuracy=imagenet trains nothing: a dataset or training setting named with it is one line."""
+    wd = tmp_path / "wd"
+    res = run_nas("search", override, f"workdir={wd}")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"nas search: error: {override} only applies to accuracy=train (training on a "
+                                  "dataset); the default accuracy=imagenet predicts ImageNet top-1 and trains nothing: "
+                                  "add accuracy=train")
     assert not wd.exists()
 
 

@@ -24,7 +24,7 @@ from nas.search_spaces.references import reference_archs
 from tests.conftest import FAST, last_json, run_nas
 
 
-def space(name="mbconv", resolution=224):
+def space(name="mnasnet", resolution=224):  # the wider space: every kernel feature varies
     with initialize_config_module(config_module="nas.conf", version_base=None):
         cfg = OmegaConf.to_object(compose("search", [f"search_space={name}",
                                                      f"search_space.resolution=[{resolution}]"]))

@@ -14,10 +14,40 @@ def space_cfg(name: str):
     return cfg.search_space
 
 
-def test_default_space_expresses_three_references_exactly():
-    space = make_space(space_cfg("mbconv"))
+def test_mnasnet_space_expresses_three_references_exactly():
+    space = make_space(space_cfg("mnasnet"))
     fits = sorted(n for n, a in space.references().items() if space.contains(a))
     assert fits == ["efficientnet_b0", "mnasnet_100", "mobilenetv2_100"]
+
+
+def test_default_space_is_accel_nasbench_blocks_with_width_and_resolution_open():
+    """Every block choice of the default space is one the ImageNet accuracy model was fitted on; expansion 1 is
+    EfficientNet's MBConv without expansion conv (timm's ds block), as in Accel-NASBench."""
+    space = make_space(space_cfg("mbconv"))
+    choices = space.choices()
+    assert {choices[f"s{i}_expansion"] for i in range(7)} == {(1.0, 4.0, 6.0)}
+    assert {choices[f"s{i}_kernel"] for i in range(7)} == {(3, 5)}
+    assert choices["s5_depth"] == (1, 2, 3, 4) and choices["s0_depth"] == (1, 2, 3)
+    assert len(choices["width"]) >= 4 and len(choices["resolution"]) >= 4
+    arch = space.arch_of({**{n: c[0] for n, c in choices.items()}, "s2_expansion": 6.0})
+    assert [st[0].kind for st in arch.stages] == ["ds", "ds", "ir", "ds", "ds", "ds", "ds"]
+    assert space.params_of(arch) is not None
+    exact = make_space(space_cfg("accel_nasbench"))
+    assert (exact.widths, exact.resolutions) == ((1.0,), (224,)) and exact.choices().keys() < choices.keys()
+
+
+def test_references_outside_the_space_are_measured_as_themselves(tmp_path):
+    """The default space cannot express the references; each is enqueued with the space's nearest parameters and
+    its trial builds the reference itself."""
+    from nas.study import enqueue_references
+
+    space = make_space(space_cfg("mbconv"))
+    assert not any(space.contains(a) for a in space.references().values())
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert sorted(enqueue_references(study, space)) == ["efficientnet_b0", "mnasnet_100", "mobilenetv2_100"]
+    assert enqueue_references(study, space) == []  # queued once
+    for t in study.get_trials(deepcopy=False):
+        assert set(t.system_attrs["fixed_params"]) == set(space.choices())  # what the trial will suggest
 
 
 @pytest.mark.parametrize("name", ["mbconv", "mnv3"])
@@ -41,8 +71,11 @@ def test_sampled_arch_builds_with_timm():
 
 
 def test_space_rejects_an_arch_outside_its_choices():
+    from nas.search_spaces.references import reference_archs
+
     mnv3 = make_space(space_cfg("mnv3"))
-    assert not mnv3.contains(mnv3.references()["efficientnet_b0"])
+    assert not mnv3.contains(reference_archs()["efficientnet_b0"])
+    assert sorted(mnv3.references()) == ["mobilenetv3_large_100", "mobilenetv3_small_100"]  # its own family's
 
 
 def test_references_stay_at_their_native_width_and_resolution():

@@ -1,0 +1,79 @@
+"""``accuracy=imagenet``: a candidate's accuracy is the ImageNet accuracy model's prediction, not a training run.
+
+The model (nas/predictors/imagenet_accuracy.py) answers in microseconds with an uncertainty and a domain (inside
+Accel-NASBench's block space, scaled by width/resolution, or extrapolated); this wraps it for the search and says,
+in one line, what its figures are and how well they rank architectures it never saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.arch import Arch
+from nas.errors import ConfigError, first_line
+
+
+@dataclass(frozen=True)
+class PredictedTop1:
+    top1: float  # ImageNet-1k top-1, %
+    std: float
+    domain: str  # accel_nasbench | scaled | extrapolated
+
+
+class ImageNetAccuracy:
+    """The search's accuracy source for ``accuracy=imagenet``: the shipped model, or ``accuracy.model=FILE``."""
+
+    def __init__(self, path: str | None = None) -> None:
+        from nas.predictors.imagenet_accuracy import ImageNetAccuracyModel, load_default
+
+        try:
+            self.model = load_default() if path is None else ImageNetAccuracyModel.load(Path(path).expanduser())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"accuracy.model={path}: not a fitted accuracy model ({first_line(e)}); fit one "
+                              "with `nas accuracy fit out=FILE`, or leave accuracy.model unset for the shipped one"
+                              ) from None
+        self.path = path
+
+    def score(self, archs: list[Arch]) -> list[PredictedTop1]:
+        mean, std = self.model.predict(archs)
+        return [PredictedTop1(float(m), float(s), self.model.domain(a))
+                for m, s, a in zip(mean, std, archs, strict=True)]
+
+    def top1(self, archs: list[Arch]) -> np.ndarray:
+        """Predicted top-1 only: what screening ranks thousands of candidates by."""
+        return self.model.predict(archs)[0]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.model.meta
+
+    @property
+    def unit(self) -> str:
+        return str(self.meta.get("unit", "ImageNet-1k top-1 (%)"))
+
+    def describe(self) -> str:
+        """What the figure is and how far to trust it: the line the search prints and the card carries."""
+        cv = self.meta.get("cv", {})
+        anb = cv.get("accel_nasbench", {})
+        fam = cv.get("timm_families", {})
+        parts = [f"predicted {self.unit}"]
+        if anb.get("kendall_tau") is not None:
+            parts.append(f"ranks unseen Accel-NASBench archs at Kendall {anb['kendall_tau']:.3f}")
+        if fam.get("kendall_tau") is not None:
+            parts.append(f"held-out timm families at Kendall {fam['kendall_tau']:.3f}")
+        return "; ".join(parts)
+
+
+def predicted_text(a: dict[str, Any]) -> str:
+    """A predicted top-1 in one phrase: value ± uncertainty, unit, domain, and the margin over the best reference."""
+    text = (f"{a['top1']:.2f} ± {a['std']:.2f} % predicted ({a['unit']}; domain: {a['domain']}; "
+            f"{a['source']})")
+    ref = a.get("reference")
+    if ref is None:
+        return text + "; no reference meets this budget"
+    return (text + f"; {a['margin']:+.2f} points over `{ref['name']}` ({ref['top1']:.2f} % predicted, "
+            f"{ref['latency_ms']:.2f} ms measured), the most accurate reference within the budget")
