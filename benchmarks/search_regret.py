@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from nas.arch import Arch
-from nas.predictors.imagenet_accuracy import DATA_DIR, anb_arch, fit_block_model, read_rows
+from nas.predictors.imagenet_accuracy import DATA_DIR, ImageNetAccuracyModel, anb_arch, read_rows
 from nas.predictors.kernel_sum import KernelSumPredictor
 from nas.screen import evolve
 
@@ -127,7 +127,7 @@ def main() -> int:
         held = [rows[i] for i in order[:n_hold]]
         fit_rows = [rows[i] for i in order[n_hold:]]
         t0 = time.perf_counter()
-        model = fit_block_model(fit_rows, seed=seed)
+        model = ImageNetAccuracyModel(seed=seed).fit(fit_rows)
         print(f"seed {seed}: fitted on {len(fit_rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
         space = FiniteSpace(held)
         truth = np.array([float(r["val_top1"]) for r in held])

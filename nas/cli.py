@@ -179,7 +179,7 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["predictor"], ["accuracy"]) and len(args) > 1:  # two-word commands
-        args = [f"predictor {args[1]}", *args[2:]]
+        args = [f"{args[0]} {args[1]}", *args[2:]]
     if not args or args[0] in ("-h", "--help", "help") or args[0] not in MAINS:
         if args and args[0] not in ("-h", "--help", "help"):
             print(f"nas: unknown command {args[0]!r}", file=sys.stderr)

@@ -336,8 +336,9 @@ class SearchConfig:
                     "study.promote", "study.batch_size", "study.lr", "study.train_threads", "study.latency_classes")
         named = [o for o in self.overrides if o.lstrip("+~").split("=")[0].split(".")[0] == "dataset"
                  or o.lstrip("+~").split("=")[0] in training]
-        require(not named, f"{named[0]} only applies to accuracy=train (training on a dataset); the default "
-                           "accuracy=imagenet predicts ImageNet top-1 and trains nothing: add accuracy=train")
+        if named:
+            raise ConfigError(f"{named[0]} only applies to accuracy=train (training on a dataset); the default "
+                              "accuracy=imagenet predicts ImageNet top-1 and trains nothing: add accuracy=train")
 
 
 @dataclass

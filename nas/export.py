@@ -270,7 +270,7 @@ def predicted_accuracy(record: TrialRecord, records: list[TrialRecord], budget_m
         "figure": "predicted", "top1": record.accuracy, "mean": record.accuracy,
         "std": record.attrs.get(names.ACCURACY_STD), "unit": imagenet.unit, "source": imagenet.describe(),
         "domain": record.attrs.get(names.ACCURACY_DOMAIN), "model": imagenet.path or "shipped",
-        "fit": imagenet.meta.get("cv", {}), "seeds": [], "epochs": None, "dataset": "imagenet (predicted)",
+        "fit": imagenet.figures, "seeds": [], "epochs": None, "dataset": "imagenet (predicted)",
         "reference": None if ref is None else {
             "name": ref.attrs[names.REFERENCE], "top1": ref.accuracy, "std": ref.attrs.get(names.ACCURACY_STD),
             "latency_ms": ref.latency_ms},

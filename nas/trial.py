@@ -50,6 +50,11 @@ class TrialContext:
     reap: Callable[[], list[int]] | None = None  # fail trials of dead workers on this host (each trial start)
     imagenet: ImageNetAccuracy | None = None  # accuracy=imagenet's model; None: candidates are trained
 
+    @property
+    def num_classes(self) -> int:
+        """The classifier head candidates are measured with: the dataset's, or ImageNet's 1,000."""
+        return self.data.num_classes if self.data is not None else 1000
+
 
 @dataclass
 class Candidate:
@@ -164,7 +169,7 @@ def measure(cand: Candidate, ctx: TrialContext, pred: Prediction | None) -> Arch
     """The candidate's latency on the target (from the cache when known), and its constraint for the sampler."""
     cfg = ctx.cfg
     lock = lambda: host_lock(True, cfg.study.host_lock and ctx.target.local)  # noqa: E731
-    lat = measure_arch(cand.arch, ctx.target, ctx.cache, ctx.scratch, ctx.data.num_classes, cand.data, lock)
+    lat = measure_arch(cand.arch, ctx.target, ctx.cache, ctx.scratch, ctx.num_classes, cand.data, lock)
     cand.times.update(lat.timings)
     stat = str(cfg.target.statistic)
     latency_ms = lat.stats.value(stat)

@@ -29,7 +29,7 @@ def fit(cfg: AccuracyCmdConfig, say: Any) -> int:
                         log=lambda msg: say(msg))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    cv = model.meta.get("cv", {})
+    cv = getattr(model, "cv_", None) or {}
     say(f"fitted in {time.perf_counter() - t0:.0f} s -> {out}; use it with accuracy.model={out}")
     if cfg.format == "json":
         print(json.dumps({"path": str(out), "cv": cv}))
@@ -39,7 +39,7 @@ def fit(cfg: AccuracyCmdConfig, say: Any) -> int:
 def evaluate(cfg: AccuracyCmdConfig, say: Any) -> int:
     from scipy.stats import kendalltau, spearmanr
 
-    from nas.predictors.imagenet_accuracy import anb_arch, read_rows
+    from nas.predictors.imagenet_accuracy import BENCHMARK_UNIT, anb_arch, read_rows
 
     if cfg.data is None:
         raise ConfigError("nas accuracy eval needs data=PATH: a CSV in accel_nasbench.csv's format")
@@ -63,7 +63,7 @@ def evaluate(cfg: AccuracyCmdConfig, say: Any) -> int:
               "spearman": float(spearmanr(mean, truth).statistic),
               "mae": float(np.mean(np.abs(mean - truth))), "n": len(rows)}
     say(f"{len(rows)} archs: Kendall tau {result['kendall_tau']:.3f}, Spearman {result['spearman']:.3f}, "
-        f"MAE {result['mae']:.2f} points (unit: {model.meta.get('benchmark_unit', 'Accel-NASBench 16-epoch top-1')})")
+        f"MAE {result['mae']:.2f} points (unit: {BENCHMARK_UNIT})")
     if cfg.format == "json":
         print(json.dumps(result))
     return 0

@@ -32,7 +32,7 @@ class ImageNetAccuracy:
 
         try:
             self.model = load_default() if path is None else ImageNetAccuracyModel.load(Path(path).expanduser())
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"accuracy.model={path}: not a fitted accuracy model ({first_line(e)}); fit one "
                               "with `nas accuracy fit out=FILE`, or leave accuracy.model unset for the shipped one"
                               ) from None
@@ -48,23 +48,26 @@ class ImageNetAccuracy:
         return self.model.predict(archs)[0]
 
     @property
-    def meta(self) -> dict[str, Any]:
-        return self.model.meta
+    def unit(self) -> str:
+        from nas.predictors.imagenet_accuracy import UNIT
+
+        return UNIT
 
     @property
-    def unit(self) -> str:
-        return str(self.meta.get("unit", "ImageNet-1k top-1 (%)"))
+    def figures(self) -> dict[str, Any]:
+        """The fit's own held-out figures, as stored in the model file (what the card's ``fit`` carries)."""
+        return {"accel_nasbench_5fold": getattr(self.model, "cv_", None) or {},
+                "timm_leave_one_family_out": getattr(self.model, "lofo_", None) or {}}
 
     def describe(self) -> str:
         """What the figure is and how far to trust it: the line the search prints and the card carries."""
-        cv = self.meta.get("cv", {})
-        anb = cv.get("accel_nasbench", {})
-        fam = cv.get("timm_families", {})
-        parts = [f"predicted {self.unit}"]
+        anb = self.figures["accel_nasbench_5fold"].get("block_5fold", {})
+        fam = self.figures["timm_leave_one_family_out"].get("model", {})
+        parts = ["accuracy model fitted on Accel-NASBench (4,612 ImageNet trainings) and timm's published results"]
         if anb.get("kendall_tau") is not None:
             parts.append(f"ranks unseen Accel-NASBench archs at Kendall {anb['kendall_tau']:.3f}")
         if fam.get("kendall_tau") is not None:
-            parts.append(f"held-out timm families at Kendall {fam['kendall_tau']:.3f}")
+            parts.append(f"held-out timm families at Kendall {fam['kendall_tau']:.3f} (MAE {fam['mae']:.1f} points)")
         return "; ".join(parts)
 
 
