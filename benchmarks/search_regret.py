@@ -6,7 +6,8 @@ For each seed: hold back a random ``holdout`` fraction of the Accel-NASBench row
 rest (the same fit as `nas accuracy fit`, without the timm scaling part, which a fixed-width 224 px space does not
 use), then search the held-back rows as a finite space at three budgets (the 25th, 50th and 75th percentiles of the
 latency column). A "measurement" reveals a row's latency from the column (the Xilinx ZCU102 FPGA latency the
-benchmark's authors measured); accuracy is never revealed to the searches that use the model. Regret is the true
+benchmark's authors measured; a throughput column, such as throughput_3090_mean, is read as milliseconds per image);
+accuracy is never revealed to the searches that use the model. Regret is the true
 top-1 (val_top1) of the best row meeting the budget minus that of the exported row.
 
 Searches, each allowed ``trials`` measurements:
@@ -18,7 +19,7 @@ Searches, each allowed ``trials`` measurements:
 - evolution+table: the same evolution with every latency known exactly (Once-for-All with a perfect latency
   table): what the accuracy model alone allows.
 
-Prints progress; writes benchmarks/results/search_regret.json.
+Prints progress; writes benchmarks/results/search_regret_<column>.json.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class FiniteSpace:
 
 
 def _code(v: Any) -> float:
-    if isinstance(v, str):
-        return {"true": 1.0, "false": 0.0}.get(v.lower(), float(v) if v else 0.0)
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return float(v.lower() == "true")
     return float(v)
 
 
@@ -115,7 +116,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=16, help="measurements per search (nas search's default)")
     ap.add_argument("--holdout", type=float, default=0.3)
     ap.add_argument("--column", default="latency_zcu102_mean")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_regret.json"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/search_regret_<column>.json")
     args = ap.parse_args()
     rows = [r for r in read_rows(DATA_DIR / "accel_nasbench.csv") if r.get(args.column) not in (None, "")]
     print(f"{len(rows)} Accel-NASBench rows with {args.column}; holding back {args.holdout:.0%} per seed", flush=True)
@@ -131,7 +132,10 @@ def main() -> int:
         print(f"seed {seed}: fitted on {len(fit_rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
         space = FiniteSpace(held)
         truth = np.array([float(r["val_top1"]) for r in held])
+        # A throughput column becomes time per image (ms) at the authors' batch: the same order as a latency.
         lat = np.array([float(r[args.column]) for r in held])
+        if args.column.startswith("throughput"):
+            lat = 1000.0 / lat
 
         def top1(archs: list[Arch], model: Any = model) -> np.ndarray:
             return model.predict_benchmark(archs)[0]
@@ -156,9 +160,10 @@ def main() -> int:
         summary[k] = {"median": statistics.median(vals) if vals else None,
                       "mean": statistics.fmean(vals) if vals else None, "max": max(vals) if vals else None,
                       "no_export": misses, "n": len(runs)}
-        print(f"{k}: median regret {summary[k]['median']:.2f}, mean {summary[k]['mean']:.2f}, max {summary[k]['max']:.2f}"
-              f" top-1 points over {len(vals)} searches ({misses} exported nothing)", flush=True)
-    out = Path(args.out)
+        m = summary[k]
+        print(f"{k}: median regret {m['median']:.2f}, mean {m['mean']:.2f}, max {m['max']:.2f} top-1 points over "
+              f"{len(vals)} searches ({misses} exported nothing)", flush=True)
+    out = Path(args.out or Path(__file__).parent / "results" / f"search_regret_{args.column}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "column": args.column,
                                "trials": args.trials, "holdout": args.holdout, "summary": summary, "runs": runs},

@@ -92,7 +92,7 @@ def test_an_inexpressible_or_unknown_model_is_one_line_exit_1():
 
 def test_eval_interface_reads_the_benchmark_format(anb_rows, tmp_path):
     """`nas accuracy eval data=CSV format=json`: '#' lines are comments; the last stdout line is the summary."""
-    header = [ln for ln in ANB_CSV.read_text().splitlines() if not ln.startswith("#")][0]
+    header = next(ln for ln in ANB_CSV.read_text().splitlines() if not ln.startswith("#"))
     cols = header.split(",")
     csv = tmp_path / "rows.csv"
     csv.write_text("# a comment\n" + header + "\n" + "\n".join(",".join(r[c] for c in cols) for r in anb_rows[:40]))

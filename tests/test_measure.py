@@ -45,8 +45,21 @@ def test_corrupt_model_is_one_line(tmp_path):
 
 def test_unknown_arch_is_one_line(tmp_path):
     res = run_nas("measure", "arch=resnet9000", f"workdir={tmp_path}")
-    assert res.returncode == 2
-    assert "neither a reference" in res.stderr
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith("nas measure: error: unknown timm model 'resnet9000'")
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_any_timm_mbconv_model_is_measured_at_its_own_input_size(tmp_path):
+    """`nas measure arch=efficientnet_b1`: read from timm with its exact parameter count, and measured."""
+    res = run_nas("measure", "arch=efficientnet_b1", f"workdir={tmp_path}", "target.warmup=2", "target.repeats=10",
+                  "target.rounds=2", "target.tolerance=0", "target.drift_tolerance=0", "format=json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = last_json(res.stdout)
+    import timm
+
+    assert out["params"] == sum(p.numel() for p in timm.create_model("efficientnet_b1").parameters())
+    assert out["arch"] == "efficientnet_b1" and out["latency_source"] == "measured"
 
 
 def test_graph_stats_counts_macs_like_timm(tmp_path):

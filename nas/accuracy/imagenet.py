@@ -63,7 +63,8 @@ class ImageNetAccuracy:
         """What the figure is and how far to trust it: the line the search prints and the card carries."""
         anb = self.figures["accel_nasbench_5fold"].get("block_5fold", {})
         fam = self.figures["timm_leave_one_family_out"].get("model", {})
-        parts = ["accuracy model fitted on Accel-NASBench (4,612 ImageNet trainings) and timm's published results"]
+        parts = ["predicted ImageNet-1k top-1 from the accuracy model fitted on Accel-NASBench (4,612 ImageNet "
+                 "trainings) and timm's published results"]
         if anb.get("kendall_tau") is not None:
             parts.append(f"ranks unseen Accel-NASBench archs at Kendall {anb['kendall_tau']:.3f}")
         if fam.get("kendall_tau") is not None:
