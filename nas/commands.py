@@ -13,7 +13,7 @@ from nas import names
 from nas.accuracy.datasets import load_dataset, train_resolution
 from nas.accuracy.imagenet import ImageNetAccuracy
 from nas.arch_spec import load_arch
-from nas.config import AccuracyCmdConfig, AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig
+from nas.config import AccuracyCmdConfig, AgentConfig, MeasureConfig, PredictorCmdConfig, SearchConfig, workdir_path
 from nas.errors import NasError, StudyNotFound, TargetError, first_line
 from nas.export import export_best
 from nas.latency import measure_arch, scratch_dir
@@ -132,7 +132,7 @@ def measure(cfg: MeasureConfig) -> int:
         label = path.name
     else:
         arch = load_arch(cfg.arch, cfg.resolution)
-        workdir = Path(cfg.workdir).expanduser().resolve()
+        workdir = workdir_path(cfg.workdir)
         check_stores(workdir, ("measurements.db",))
         with scratch_dir(workdir) as scratch:
             lat = measure_arch(arch, target, MeasurementCache(workdir / "measurements.db"), scratch,
@@ -209,7 +209,7 @@ def _top1(result: Any) -> str:
 
 
 def _wd(cfg: SearchConfig) -> Path:
-    return Path(cfg.workdir).expanduser().resolve()
+    return workdir_path(cfg.workdir)
 
 
 def _export_json(result: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -54,6 +55,12 @@ class AccuracySource(StrEnum):
 class Exporter(StrEnum):
     legacy = "legacy"  # TorchScript: several times faster here (benchmarks/trial_breakdown.py)
     dynamo = "dynamo"
+
+
+def workdir_path(workdir: str) -> Path:
+    """The one reading of a ``workdir=`` value: ``~`` expanded (a quoted or YAML ``~/w`` is not expanded by the
+    shell), made absolute."""
+    return Path(workdir).expanduser().resolve()
 
 
 def require(cond: bool, msg: str) -> None:
@@ -170,6 +177,13 @@ class SearchSpaceConfig:
                 require(values is None or len(values) > 0, f"search_space.stages[{i}].{name} is an empty list")
         for name in ("depth", "kernel", "expansion", "se", "act"):
             require(len(getattr(self.choices, name)) > 0, f"search_space.choices.{name} is an empty list")
+        ranges = {"depth": lambda v: v >= 1, "kernel": lambda v: v >= 1, "channels": lambda v: v >= 1,
+                  "expansion": lambda v: v > 0, "se": lambda v: 0 <= v < 1}
+        for where, group in [("choices", self.choices), *((f"stages[{i}]", st) for i, st in enumerate(self.stages))]:
+            for name, ok in ranges.items():
+                for v in getattr(group, name, None) or []:
+                    require(ok(v), f"search_space.{where}.{name} has {v}: depth, kernel and channels must be >= 1, "
+                                   "expansion > 0 and se in [0, 1)")
 
 
 @dataclass
@@ -269,6 +283,10 @@ class StudyConfig:
         require(self.reeval_seeds >= 1, f"study.reeval_seeds={self.reeval_seeds} must be >= 1")
         require(self.batch_size >= 2, f"study.batch_size={self.batch_size} must be >= 2")
         require(self.lr > 0, f"study.lr={self.lr} must be > 0")
+        require(self.train_threads is None or self.train_threads >= 1,
+                f"study.train_threads={self.train_threads} must be >= 1 (or null for all cores)")
+        require(len(self.latency_classes) > 0, "study.latency_classes=[] leaves no class to promote within: give "
+                                               "increasing fractions of the budget, e.g. [0.5,0.8,1.0]")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 f"study.device={self.device}: use auto, cpu, cuda or cuda:N")
 
@@ -284,6 +302,9 @@ class PredictorSearchConfig:
     refit_every: int = 4  # new measurements between refits
 
     def __post_init__(self) -> None:
+        from nas.predictors.registry import predictors
+
+        require(self.kind in predictors, f"predictor.kind={self.kind} must be one of {', '.join(predictors.names())}")
         require(self.z >= 0, f"predictor.z={self.z} must be >= 0")
         require(self.min_fit >= 3, f"predictor.min_fit={self.min_fit} must be >= 3")
         require(self.refit_every >= 1, f"predictor.refit_every={self.refit_every} must be >= 1")

@@ -16,7 +16,7 @@ from typing import Any
 from nas import names
 from nas.accuracy.imagenet import ImageNetAccuracy, predicted_text
 from nas.build import build_model
-from nas.config import Precision, SearchConfig
+from nas.config import Precision, SearchConfig, workdir_path
 from nas.errors import NoFeasibleTrial
 from nas.latency import deploy_shape
 from nas.mlflow_model import register_export
@@ -65,14 +65,19 @@ def choose(records: list[TrialRecord], budget_ms: float, statistic: str) -> Tria
         f"Pareto front starts: try budget_ms={suggest:g}, or a space of smaller models")
 
 
-def timm_snippet(record: TrialRecord, num_classes: int) -> str:
+def timm_snippet(record: TrialRecord, num_classes: int, timm: str) -> str:
     arch = record.arch
     cls = ("mobilenetv3 import MobileNetV3 as Net" if arch.family == "mobilenetv3"
            else "efficientnet import EfficientNet as Net")
     return "\n".join([
+        f"# by its timm name, beside the bundle's {names.TIMM_MODULE} (needs timm only, not nas):",
+        "import timm, timm_register",
+        f"model = timm.create_model('{timm}', num_classes={num_classes})",
+        "# or with nas:",
+        "import json",
         "from nas.arch import Arch",
         "from nas.build import build_model",
-        "arch = Arch.from_json(open('arch.json').read())",
+        "arch = Arch.from_dict(json.load(open('arch.json'))['arch'])",
         f"model = build_model(arch, num_classes={num_classes})  # timm {arch.family} class, block strings below",
         "# or with timm alone:",
         "from functools import partial",
@@ -169,7 +174,7 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "reference": r.attrs.get(names.REFERENCE),
         "arch_hash": r.arch.hash,
         "timm_block_strings": r.arch.block_strings(),
-        "build": timm_snippet(r, num_classes),
+        "build": timm_snippet(r, num_classes, timm_name(cfg.target.name, cfg.budget_ms)),
         "reproduce": reproduce_command(command),
         "weights": "model.onnx carries seeded random weights: it is the architecture at the deployment shape, "
                    "to be trained by the training team" + deploy_note,
@@ -307,7 +312,7 @@ def export_best(cfg: SearchConfig, records: list[TrialRecord], fingerprint: dict
                     "note": "one training run, not re-evaluated (study.reeval_top_k=0): no spread is known"}
     name = bundle_name(cfg.target.name, cfg.budget_ms)
     fingerprint = {**fingerprint, "shape": list(deploy_shape(cfg.target, record.arch))}
-    result = write_bundle(cfg, record, fingerprint, num_classes, Path(cfg.workdir).resolve() / "exports" / name,
+    result = write_bundle(cfg, record, fingerprint, num_classes, workdir_path(cfg.workdir) / "exports" / name,
                           command, accuracy)
     tracker.log_artifact(run_id, result.path, f"export/{name}")
     # The registered version is a real MLflow Model (ONNX + PyTorch flavours); the same seed as model.onnx.

@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from nas.config import SearchConfig
+from nas.config import SearchConfig, workdir_path
 from nas.stores import study_storage_url
 from nas.study import study_name
 
@@ -30,7 +30,7 @@ def _nas() -> list[str]:
 
 def stored_trials(cfg: SearchConfig) -> int:
     """How many trials the study holds now (0 when it does not exist yet)."""
-    workdir = Path(cfg.workdir).expanduser().resolve()
+    workdir = workdir_path(cfg.workdir)
     url = study_storage_url(cfg.study.storage, workdir)
     if url.startswith("sqlite") and not (workdir / "optuna.db").exists():
         return 0

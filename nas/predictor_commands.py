@@ -14,7 +14,7 @@ from scipy.stats import kendalltau
 from nas.arch import Arch
 from nas.block_latency import make_entry_measure
 from nas.build import build_model
-from nas.config import PredictorCmdConfig
+from nas.config import PredictorCmdConfig, workdir_path
 from nas.errors import NasError, TargetError
 from nas.latency import deploy_shape, measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
@@ -49,7 +49,7 @@ def _setup(cfg: PredictorCmdConfig) -> tuple[Path, Target, FactorizedSpace, dict
     if target.predicted:
         raise TargetError(f"target={cfg.target.name} has no device here ({target.reason}), so its latencies come "
                           "from the analytic model already; a learned predictor needs measurements")
-    return Path(cfg.workdir).expanduser().resolve(), target, make_space(cfg.search_space), target.fingerprint()
+    return workdir_path(cfg.workdir), target, make_space(cfg.search_space), target.fingerprint()
 
 
 def _log_run(cfg: PredictorCmdConfig, workdir: Path, command: str, metrics: dict[str, float],

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from nas.arch import Arch
-from nas.config import CPU_RUNTIMES, RuntimesConfig, SearchConfig, TargetConfig
+from nas.config import CPU_RUNTIMES, RuntimesConfig, SearchConfig, TargetConfig, workdir_path
 from nas.errors import ConfigError, NasError
 from nas.latency import measure_arch, scratch_dir
 from nas.measure_cache import MeasurementCache
@@ -119,7 +119,7 @@ def runtimes(cfg: RuntimesConfig) -> int:
 
     say = _printer(cfg.format)
     arch = load_arch(cfg.arch)
-    workdir = Path(cfg.workdir).expanduser().resolve()
+    workdir = workdir_path(cfg.workdir)
     check_stores(workdir, ("measurements.db",))
     rows = measure_runtimes(arch, cfg.target, list(cfg.runtimes), workdir, cfg.num_classes)
     stat = str(cfg.target.statistic)
@@ -149,7 +149,7 @@ def card_runtimes(cfg: SearchConfig, arch: Arch, num_classes: int) -> dict[str, 
         return {"note": "not measured (card_runtimes=[])"}
     if not runs_on_this_cpu(cfg.target):
         return {"note": f"not measured: target {cfg.target.name} does not run on this machine's CPU"}
-    rows = measure_runtimes(arch, cfg.target, list(cfg.card_runtimes), Path(cfg.workdir).expanduser().resolve(),
+    rows = measure_runtimes(arch, cfg.target, list(cfg.card_runtimes), workdir_path(cfg.workdir),
                             num_classes)
     best = fastest(rows, stat)
     return {"statistic": stat, "fastest": best.name if best else None,

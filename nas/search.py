@@ -18,7 +18,7 @@ from nas.accuracy.datasets import load_dataset, train_resolution
 from nas.accuracy.imagenet import ImageNetAccuracy
 from nas.accuracy.train import Recipe, resolve_device
 from nas.arch import Arch
-from nas.config import SearchConfig
+from nas.config import SearchConfig, workdir_path
 from nas.errors import NasError
 from nas.export import ExportResult, bundle_name, export_best
 from nas.latency import measured_archs, scratch_dir
@@ -76,7 +76,7 @@ class StopAt:
 
 def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     started = time.time()
-    workdir = Path(cfg.workdir).expanduser().resolve()
+    workdir = workdir_path(cfg.workdir)
     # Everything that can fail on bad input fails before anything is written.
     cfg.check_accuracy_keys()
     data, imagenet = None, None

@@ -16,6 +16,12 @@ from tests.conftest import run_nas
         ("target.precision=fp64", "target.precision: Invalid value 'fp64'"),
         ("target=nope", "Available options in 'target': cpu, cuda, edge_tpu, openvino, remote, tflite_cpu, tvm"),
         ("study.sampler=grid", "study.sampler=grid"),
+        # Values that used to pass validation and fail late (after measuring) or with a traceback:
+        ("study.train_threads=-1", "study.train_threads=-1 must be >= 1"),
+        ("search_space.choices.kernel=[0]", "search_space.choices.kernel has 0"),
+        ("search_space.choices.depth=[0]", "search_space.choices.depth has 0"),
+        ("predictor.kind=kernel_summ", "predictor.kind=kernel_summ must be one of kernel_sum, lut"),
+        ("study.latency_classes=[]", "study.latency_classes=[] leaves no class"),
     ],
 )
 def test_bad_override_is_one_line_exit_2_nothing_written(tmp_path, override, expect):

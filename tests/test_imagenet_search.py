@@ -99,3 +99,42 @@ def test_edge_tpu_search_exports_a_predicted_top1_and_a_predicted_latency(tmp_pa
     card = json.loads((wd / "exports" / "edge_tpu-10ms" / "model_card.json").read_text())
     assert card["latency_source"] == "predicted" and card["accuracy"]["figure"] == "predicted"
     assert {"top1", "std", "source", "reference"} <= set(card["accuracy"])
+
+
+def test_the_cards_build_snippet_runs_as_written(searched):
+    """The model card's `build` code, pasted into Python beside the bundle's files, builds the exported network both
+    ways (by its timm name, and through nas) with the card's parameter count."""
+    import subprocess
+    import sys
+
+    wd, _ = searched
+    bundle = wd / "exports" / "cpu-1000ms"
+    card = json.loads((bundle / "model_card.json").read_text())
+    code = card["build"].split("\n# or with timm alone:")[0]
+    code += "\nprint(sum(p.numel() for p in model.parameters()))"
+    res = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert int(res.stdout.split()[-1]) == card["params"]
+    first = card["build"].split("# or with nas:")[0] + "\nprint(sum(p.numel() for p in model.parameters()))"
+    res = subprocess.run([sys.executable, "-c", first], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert int(res.stdout.split()[-1]) == card["params"]
+
+
+def test_a_quoted_tilde_workdir_is_the_home_folder(tmp_path):
+    """`workdir='~/w'` (quoted, or from a YAML, so no shell expands it) is the user's home, for the study and the
+    export alike: nothing under a literal ./~ folder."""
+    import os
+    import subprocess
+
+    from tests.conftest import nas_bin
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    res = subprocess.run([nas_bin(), "search", "workdir='~/w'", "budget_ms=1000", "study.n_trials=1", *QUICK],
+                         cwd=cwd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HOME": str(home), "PYTHONWARNINGS": "ignore"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (home / "w" / "exports" / "cpu-1000ms" / "model_card.json").is_file()
+    assert (home / "w" / "optuna.db").is_file() and list(cwd.iterdir()) == []
