@@ -180,7 +180,7 @@ def screen_and_measure(cfg: SearchConfig, study: optuna.Study, space: Any, image
     trials, such as the references, run first). The sampler proposes only when screening has nothing to offer."""
     deadline = None if cfg.study.timeout_s is None else time.monotonic() + cfg.study.timeout_s
     rng = np.random.default_rng(cfg.study.seed + len(study.trials))
-    remaining, screened = cfg.study.n_trials, 0
+    remaining, screened, rounds, measured = cfg.study.n_trials, 0, 0, 0
     while remaining > 0 and not StopAt.full(study, cfg.study.max_trials):
         waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
         n = min(remaining, waiting)
@@ -191,7 +191,7 @@ def screen_and_measure(cfg: SearchConfig, study: optuna.Study, space: Any, image
                 known = {t.user_attrs.get(names.ARCH_HASH) for t in study.trials}
                 result = evolve(space, imagenet.top1, latency, cfg.budget_ms, min(cfg.accuracy.batch, remaining),
                                 known, rng, cfg.accuracy.population, cfg.accuracy.generations)
-                picks, screened = result.picks, screened + result.screened
+                picks, screened, rounds = result.picks, screened + result.screened, rounds + 1
                 for p in picks:
                     study.enqueue_trial(p.params, user_attrs={names.SCREENED: {
                         "round_candidates": result.screened, "predicted_top1": p.top1,
@@ -207,7 +207,10 @@ def screen_and_measure(cfg: SearchConfig, study: optuna.Study, space: Any, image
             break
         optimize(n, left)
         remaining -= n
+        measured += n
     study.set_user_attr(names.SCREENED, study.user_attrs.get(names.SCREENED, 0) + screened)
+    log(f"screening: {screened} candidates scored on the predictors in {rounds} round(s); {measured} trial(s) run "
+        "on the target (the references and the picks)")
 
 
 def screening_latency(gate: PredictorGate, cache: MeasurementCache, target: Any, num_classes: int,
