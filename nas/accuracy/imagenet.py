@@ -33,9 +33,8 @@ class ImageNetAccuracy:
         try:
             self.model = load_default() if path is None else ImageNetAccuracyModel.load(Path(path).expanduser())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ConfigError(f"accuracy.model={path}: not a fitted accuracy model ({first_line(e)}); fit one "
-                              "with `nas accuracy fit out=FILE`, or leave accuracy.model unset for the shipped one"
-                              ) from None
+            raise ConfigError(f"{path}: not a fitted accuracy model ({first_line(e)}); fit one with "
+                              "`nas accuracy fit out=FILE`, or name none to use the shipped one") from None
         self.path = path
 
     def score(self, archs: list[Arch]) -> list[PredictedTop1]:
