@@ -11,8 +11,8 @@ accuracy is never revealed to the searches that use the model. Regret is the tru
 top-1 (val_top1) of the best row meeting the budget minus that of the exported row.
 
 Searches, each allowed ``trials`` measurements:
-- default: what `nas search` does (nas.screen.evolve over the space, latency from a kernel-sum predictor fitted on
-  the rows measured so far, picks at several confidence levels, rounds of 4; the first 3 rows measured at random,
+- default: what `nas search` does (nas.screen.evolve over the space, latency from nas.screen.latency_model fitted
+  on the rows measured so far, picks at several confidence levels, rounds of 4; the first 3 rows measured at random,
   standing in for the references); exports the best predicted top-1 among measured rows meeting the budget.
 - random: ``trials`` random rows, each measured and trained (its true top-1 revealed, an oracle no search has);
   exports the best true top-1 among those meeting the budget.
@@ -36,8 +36,7 @@ import numpy as np
 
 from nas.arch import Arch
 from nas.predictors.imagenet_accuracy import DATA_DIR, ImageNetAccuracyModel, anb_arch, read_rows
-from nas.predictors.kernel_sum import KernelSumPredictor
-from nas.screen import evolve
+from nas.screen import evolve, latency_model
 
 BLOCKS = [f"block{i}_{k}" for i in range(7) for k in ("e", "k", "l", "se")]
 
@@ -74,15 +73,7 @@ def default_search(space: FiniteSpace, top1: Any, lat: np.ndarray, budget: float
                    rng: np.random.Generator) -> int:
     measured: list[int] = list(rng.choice(len(space.rows), 3, replace=False))
     while len(measured) < trials:
-        archs = [space.archs[i] for i in measured]
-        model = KernelSumPredictor(num_classes=1000).fit(archs, lat[measured])
-        floor = max(0.05, 0.5 / np.sqrt(len(measured)))
-
-        def latency(batch: list[Arch], model: KernelSumPredictor = model, floor: float = floor
-                    ) -> tuple[np.ndarray, np.ndarray]:
-            mean, std = model.predict(batch)
-            return mean, np.maximum(std, floor * mean)
-
+        latency = latency_model([space.archs[i] for i in measured], lat[measured], num_classes=1000)
         known = {space.archs[i].hash for i in measured}
         picks = evolve(space, top1, latency, budget, min(4, trials - len(measured)), known, rng).picks
         new = [space.index[p.arch.hash] for p in picks]

@@ -17,7 +17,6 @@ from nas import mlflow_review, names
 from nas.accuracy.datasets import load_dataset, train_resolution
 from nas.accuracy.imagenet import ImageNetAccuracy
 from nas.accuracy.train import Recipe, resolve_device
-from nas.arch import Arch
 from nas.config import SearchConfig, workdir_path
 from nas.errors import NasError
 from nas.export import ExportResult, bundle_name, export_best
@@ -26,11 +25,10 @@ from nas.measure_cache import MeasurementCache
 from nas.plots import front_json, plot_pareto
 from nas.predictor_gate import PredictorGate
 from nas.predictors.base import predictor_path
-from nas.predictors.kernel_sum import KernelSumPredictor
 from nas.progress import Progress
 from nas.records import TrialRecord, best_under_budget, pareto_front, record_of
 from nas.reeval import reevaluate
-from nas.screen import evolve
+from nas.screen import evolve, latency_model
 from nas.search_spaces.factorized import make_space
 from nas.stores import cache_url, check_stores, setup_lock, study_storage_url
 from nas.study import active_workers, open_study
@@ -215,23 +213,17 @@ def screen_and_measure(cfg: SearchConfig, study: optuna.Study, space: Any, image
 
 def screening_latency(gate: PredictorGate, cache: MeasurementCache, target: Any, num_classes: int,
                       statistic: str) -> tuple[Any, str]:
-    """The latency predictor screening uses, and what it is: a fitted predictor file, else a kernel-sum model fitted
-    now on every latency of this set-up (measured, or the target's own predictions), its uncertainty no tighter
-    than a few measurements allow; None before three latencies exist (the references come first)."""
+    """The latency predictor screening uses, and what it is: a fitted predictor file, else ``latency_model`` fitted
+    now on every latency of this set-up (measured, or the target's own predictions); None before three latencies
+    exist (the references come first)."""
     if gate.predictor is not None and gate.source.startswith("fitted"):
         return gate.predictor.predict, f"predictor {gate.source}"
     archs, stats = measured_archs(cache, target, num_classes)
     if len(archs) < 3:
         return None, "none yet"
     y = np.array([s.value(statistic) for s in stats])
-    model = KernelSumPredictor(num_classes=num_classes).fit(archs, y)
-    floor = max(0.05, 0.5 / np.sqrt(len(archs)))
-
-    def predict(batch: list[Arch]) -> tuple[np.ndarray, np.ndarray]:
-        mean, std = model.predict(batch)
-        return mean, np.maximum(std, floor * mean)
-
-    return predict, f"kernel-sum fit on {len(archs)} {target.latency_source} latencies (±{floor:.0%} at least)"
+    return (latency_model(archs, y, num_classes),
+            f"kernel-sum fit on {len(archs)} {target.latency_source} latencies, corrected by the nearest")
 
 
 def make_recipe(cfg: SearchConfig) -> Recipe:

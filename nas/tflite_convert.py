@@ -131,12 +131,21 @@ def _quantize(float_path: Path, out: Path, batches_nhwc: list[np.ndarray]) -> No
     result.export_model(str(out))
 
 
-def interpreter(path: Path, threads: int = 1, delegates: list[Any] | None = None) -> Any:
-    """A LiteRT interpreter with its tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter
+def interpreter(path: Path, threads: int = 1, delegates: list[Any] | None = None, fallback: bool = False) -> Any:
+    """A LiteRT interpreter with its tensors allocated. ``fallback``: where the default XNNPACK delegate refuses the
+    graph ("failed to prepare", seen on some int8 candidates), TFLite's built-in kernels run it instead: the same
+    arithmetic, slower, so only for checking outputs, never for timing."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     it = Interpreter(model_path=str(path), num_threads=threads, experimental_delegates=delegates)
-    it.allocate_tensors()
+    try:
+        it.allocate_tensors()
+    except RuntimeError:
+        if not fallback or delegates:
+            raise
+        it = Interpreter(model_path=str(path), num_threads=threads,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
     return it
 
 
@@ -158,7 +167,7 @@ def run_float(it: Any, x: np.ndarray) -> np.ndarray:
 
 def check_against(wrapped: torch.nn.Module, path: Path, inputs_nhwc: list[np.ndarray]) -> tuple[float, float]:
     """(top-1 agreement, relative max error) of the TFLite model vs the float model on ``inputs_nhwc``."""
-    it = interpreter(path)
+    it = interpreter(path, fallback=True)
     agree, rel = [], []
     for x in inputs_nhwc:
         with torch.no_grad():

@@ -110,3 +110,18 @@ def test_agent_measures_an_uploaded_tflite_model_and_refuses_a_non_tflite(small_
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_graph_xnnpack_refuses_is_still_converted_and_checked(tmp_path):
+    """This int8 candidate (an Edge TPU export of the default space) makes the default XNNPACK delegate fail to
+    prepare; the conversion's output check runs it on TFLite's own kernels instead of ending the export in a
+    traceback."""
+    from nas.arch import Arch
+    from nas.search_spaces.references import _stages
+
+    arch = Arch(family="efficientnet", stem_size=32, num_features=1280, act="relu", resolution=256, stages=_stages([
+        ["ds_r2_k3_s1_e1_c16_se0.25"], ["ir_r2_k3_s2_e6_c24_se0.25"], ["ir_r2_k5_s2_e6_c40"],
+        ["ir_r3_k5_s2_e6_c80_se0.25"], ["ds_r2_k3_s1_e1_c112"], ["ir_r4_k5_s2_e6_c192_se0.25"],
+        ["ir_r2_k5_s1_e6_c320_se0.25"]]))
+    conv = to_tflite(build_model(arch, 1000), (1, 3, 256, 256), tmp_path / "m.tflite", "int8")
+    assert (tmp_path / "m.tflite").is_file() and np.isfinite(conv.rel_error)  # the check ran on every input
