@@ -223,7 +223,7 @@ def screening_latency(gate: PredictorGate, cache: MeasurementCache, target: Any,
         return None, "none yet"
     y = np.array([s.value(statistic) for s in stats])
     return (latency_model(archs, y, num_classes),
-            f"kernel-sum fit on {len(archs)} {target.latency_source} latencies, corrected by the nearest")
+            f"kernel-sum fit on {len(archs)} {target.latency_source} latencies")
 
 
 def make_recipe(cfg: SearchConfig) -> Recipe:
