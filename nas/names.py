@@ -35,6 +35,7 @@ STUDY_TRACKING = "mlflow"  # the MLflow store and parent run the study's runs li
 STUDY_COMMAND = "command"  # the overrides of the search that made the study (the model card's reproduce line)
 STUDY_WORKERS = "workers"  # the workers that joined the study: host, PID, start time, index (sampler seed offset)
 STUDY_EXPORTED = "exported"  # trials finished when the study last exported (the last worker to finish exports)
+STUDY_SCREENED = "screened_total"  # accuracy=imagenet: candidates scored on the predictors, all rounds and runs
 DUPLICATE_OF = "duplicate_of"  # a trial whose arch the study already had: not measured or trained again
 
 # -- Optuna constraint -------------------------------------------------------------------------------------------

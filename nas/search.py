@@ -15,7 +15,7 @@ import optuna
 
 from nas import mlflow_review, names
 from nas.accuracy.datasets import load_dataset, train_resolution
-from nas.accuracy.imagenet import ImageNetAccuracy
+from nas.accuracy.imagenet import IMAGENET_CLASSES, ImageNetAccuracy
 from nas.accuracy.train import Recipe, resolve_device
 from nas.config import SearchConfig, workdir_path
 from nas.errors import NasError
@@ -36,8 +36,6 @@ from nas.targets import make_target
 from nas.tracking import Tracker
 from nas.trial import CANDIDATE_FAILURES, TrialContext, objective
 from nas.workers import WORKER_DIED
-
-IMAGENET_CLASSES = 1000  # accuracy=imagenet: candidates are measured and exported as ImageNet classifiers
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say it once
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -125,7 +123,7 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
 
         try:
             if StopAt.full(study, cfg.study.max_trials):
-                pass
+                log(f"the study already holds study.max_trials={cfg.study.max_trials} trials: nothing to add")
             elif imagenet is None:
                 optimize(cfg.study.n_trials, cfg.study.timeout_s)
             else:
@@ -206,7 +204,7 @@ def screen_and_measure(cfg: SearchConfig, study: optuna.Study, space: Any, image
         optimize(n, left)
         remaining -= n
         measured += n
-    study.set_user_attr(names.SCREENED, study.user_attrs.get(names.SCREENED, 0) + screened)
+    study.set_user_attr(names.STUDY_SCREENED, study.user_attrs.get(names.STUDY_SCREENED, 0) + screened)
     log(f"screening: {screened} candidates scored on the predictors in {rounds} round(s); {measured} trial(s) run "
         "on the target (the references and the picks)")
 

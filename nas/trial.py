@@ -19,7 +19,7 @@ import optuna
 
 from nas import names
 from nas.accuracy.datasets import ImageData, TensorSplits, train_resolution
-from nas.accuracy.imagenet import ImageNetAccuracy
+from nas.accuracy.imagenet import IMAGENET_CLASSES, ImageNetAccuracy
 from nas.accuracy.train import Recipe, train_run
 from nas.arch import Arch
 from nas.config import SearchConfig
@@ -53,7 +53,7 @@ class TrialContext:
     @property
     def num_classes(self) -> int:
         """The classifier head candidates are measured with: the dataset's, or ImageNet's 1,000."""
-        return self.data.num_classes if self.data is not None else 1000
+        return self.data.num_classes if self.data is not None else IMAGENET_CLASSES
 
 
 @dataclass

@@ -16,6 +16,8 @@ import numpy as np
 from nas.arch import Arch
 from nas.errors import ConfigError, first_line
 
+IMAGENET_CLASSES = 1000  # accuracy=imagenet: candidates are measured and exported as ImageNet classifiers
+
 
 @dataclass(frozen=True)
 class PredictedTop1:
