@@ -45,18 +45,19 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from scipy.stats import kendalltau, spearmanr
 
-from nas.accuracy.datasets import load_dataset, train_resolution
+from nas import builtins
 from nas.accuracy.train import Recipe, train_run
-from nas.arch import Arch
-from nas.build import build_model
-from nas.config import SearchConfig, register_configs
+from nas.config import SearchConfig
+from nas.core.arch import Arch
+from nas.data.datasets import load_dataset, train_resolution
+from nas.search_spaces.build import build_model
 from nas.search_spaces.factorized import make_space
 
 REFS = ("efficientnet_b0", "mnasnet_100", "mobilenetv2_100")
 
 
 def config(dataset: str) -> SearchConfig:
-    register_configs()
+    builtins.register()
     with initialize_config_module(config_module="nas.conf", version_base=None):
         return OmegaConf.to_object(compose("search", [f"dataset={dataset}"]))
 

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.predictors import edgetpu_calibration as ec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ ships with the repo, not the package
 from nas.predictors.edgetpu_model import EdgeTpuModel, features_of
+from tools import edgetpu_calibration as ec
 
 LOAO_GOAL = (0.15, 0.95)  # desktop_usb3: median abs error, Spearman
 VALIDATION_GOAL = (0.25, 0.90)
@@ -193,11 +194,11 @@ def main() -> None:
 
 def tflite_check(resolution: int = 64) -> None:
     """Convert the space's references to int8 TFLite as the search does; the compiler's split vs the ONNX one."""
-    from nas.arch import Arch, Block
-    from nas.build import build_model
-    from nas.onnx_export import export_onnx
+    from nas.core.arch import Arch, Block
+    from nas.latency.onnx_export import export_onnx
+    from nas.latency.tflite_convert import to_tflite
+    from nas.search_spaces.build import build_model
     from nas.search_spaces.references import reference_archs
-    from nas.tflite_convert import to_tflite
 
     # Beside the references: a candidate with a 7x7 depthwise conv, squeeze-excite, SiLU and a hard-swish stage last.
     late = Arch(family="efficientnet", stem_size=32, num_features=1280, act="swish", resolution=resolution,
@@ -205,7 +206,7 @@ def tflite_check(resolution: int = 64) -> None:
                         (Block("ir", 2, 5, 2, 6, 40, se=0.25),), (Block("ir", 1, 3, 2, 6, 80, act="hard_swish"),)))
     archs = {**reference_archs(), "k7_se_swish_late_hswish": late}
 
-    print(f"\n== CPU fallback on our int8 TFLite candidates ({resolution} px, nas.tflite_convert.to_tflite)")
+    print(f"\n== CPU fallback on our int8 TFLite candidates ({resolution} px, nas.latency.tflite_convert.to_tflite)")
     print(f"    {'reference':24s} {'TFLite ops':>10s} {'on TPU':>7s} {'first CPU op':>16s} | ONNX: on TPU, "
           "first CPU op")
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,11 +25,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from nas.build import build_model
-from nas.onnx_export import export_onnx
+from nas.latency.onnx_export import export_onnx
+from nas.latency.targets import make_target
+from nas.latency.targets.ort import OrtConfig
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
-from nas.targets import make_target
-from nas.targets.ort import OrtConfig
 
 PROTOCOLS = {
     "fixed": dict(tolerance=0.0, drift_tolerance=0.0),

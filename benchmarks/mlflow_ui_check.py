@@ -239,7 +239,7 @@ def drive(base: str, store: dict[str, Any], chromium: str, c: Checks) -> None:
 
 
 def runs_url(base: str, experiment_id: str, chart: bool = False) -> str:
-    from nas.mlflow_review import FILTER_FRONT, runs_link
+    from nas.export.review import FILTER_FRONT, runs_link
 
     return f"{base}/{runs_link(experiment_id, FILTER_FRONT, chart)}"
 
@@ -252,7 +252,7 @@ def read_store(workdir: Path) -> dict[str, Any]:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name("nas")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    from nas.mlflow_review import FILTER_FRONT, runs_link
+    from nas.export.review import FILTER_FRONT, runs_link
 
     return {"experiment_id": exp.experiment_id, "latency_metric": "latency_p90_ms",
             "printed_link": runs_link(exp.experiment_id, FILTER_FRONT),

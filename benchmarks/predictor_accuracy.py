@@ -16,7 +16,7 @@ import sys
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from nas import predictor_commands
+from nas.cli import predictor as predictor_commands
 from nas.config import PredictorCmdConfig
 
 

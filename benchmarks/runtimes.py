@@ -40,8 +40,8 @@ def nas_measure(ref: str, workdir: Path, *overrides: str) -> dict:
 
 def onnx_file(ref: str, out: Path) -> Path:
     """The file `nas measure` measures: the reference at 224 px, 1000 classes, the default exporter and opset."""
-    from nas.build import build_model
-    from nas.onnx_export import export_onnx
+    from nas.latency.onnx_export import export_onnx
+    from nas.search_spaces.build import build_model
     from nas.search_spaces.references import reference_archs
 
     return export_onnx(build_model(reference_archs()[ref], num_classes=1000), (1, 3, 224, 224), out / f"{ref}.onnx")

@@ -22,8 +22,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from nas.config import SearchConfig
-from nas.records import best_under_budget
-from nas.search import run_search
+from nas.core.records import best_under_budget
+from nas.search.loop import run_search
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ accuracy is never revealed to the searches that use the model. Regret is the tru
 top-1 (val_top1) of the best row meeting the budget minus that of the exported row.
 
 Searches, each allowed ``trials`` measurements:
-- default: what `nas search` does (nas.screen.evolve over the space, latency from nas.screen.latency_model fitted
+- default: what `nas search` does (screen.evolve over the space, latency from screen.latency_model fitted
   on the rows measured so far, picks at several confidence levels, rounds of 4; the first 3 rows measured at random,
   standing in for the references); exports the best predicted top-1 among measured rows meeting the budget.
 - random: ``trials`` random rows, each measured and trained (its true top-1 revealed, an oracle no search has);
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from nas.arch import Arch
+from nas.core.arch import Arch
 from nas.predictors.imagenet_accuracy import DATA_DIR, ImageNetAccuracyModel, anb_arch, read_rows
-from nas.screen import evolve, latency_model
+from nas.search.screen import evolve, latency_model
 
 BLOCKS = [f"block{i}_{k}" for i in range(7) for k in ("e", "k", "l", "se")]
 

@@ -16,13 +16,14 @@ import optuna
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from nas.arch import Arch
-from nas.build import build_model
-from nas.config import SearchConfig, register_configs
-from nas.onnx_export import export_onnx
+from nas import builtins
+from nas.config import SearchConfig
+from nas.core.arch import Arch
+from nas.latency.onnx_export import export_onnx
+from nas.latency.targets import make_target
+from nas.search_spaces.build import build_model
 from nas.search_spaces.factorized import make_space
 from nas.search_spaces.references import reference_archs
-from nas.targets import make_target
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--budget-ms", type=float, default=10.0)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    register_configs()
+    builtins.register()
     with initialize_config_module(config_module="nas.conf", version_base=None):
         cfg: SearchConfig = OmegaConf.to_object(compose("search", [f"search_space={args.space}", *args.overrides]))
     space, target = make_space(cfg.search_space), make_target(cfg.target)

@@ -21,11 +21,11 @@ import optuna
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from nas.build import build_model
 from nas.config import SearchConfig
-from nas.onnx_export import export_onnx
-from nas.records import record_of
-from nas.search import run_search
+from nas.core.records import record_of
+from nas.latency.onnx_export import export_onnx
+from nas.search.loop import run_search
+from nas.search_spaces.build import build_model
 
 WORK = ("build", "export", "graph", "session", "measure", "train")
 

@@ -1,5 +1,5 @@
-"""Hydra configs of `nas`; importing this package registers the structured-config schemas they extend."""
+"""Hydra configs of `nas`; Hydra imports this package to find them, which registers the schemas they extend."""
 
-from nas.config import register_configs
+from nas.builtins import register
 
-register_configs()
+register(plugins=False)  # the CLI loads plugins itself, where a failing one is reported in one line

@@ -3,7 +3,7 @@
 OmegaConf checks types, enum values and unknown keys while composing; the ``__post_init__`` checks run when
 ``to_object`` builds these dataclasses, so a bad value ends before anything is written. Each target backend and
 each dataset has its own config dataclass (a subclass of ``TargetConfig`` / ``DatasetConfig``) in its own module,
-registered with it (``nas.registry``); the YAML in ``conf/<group>/`` only names it and what differs from its
+registered with it (``nas.core.registry``); the YAML in ``conf/<group>/`` only names it and what differs from its
 defaults.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from nas.errors import ConfigError
+from nas.core.errors import ConfigError
 
 ACTS = ("relu", "relu6", "hard_swish", "swish")
 CPU_RUNTIMES = ("cpu", "tflite_cpu", "openvino", "tvm")  # target options that run on this machine's CPU
@@ -73,7 +73,7 @@ class TargetConfig:
     """What every target shares: the deployment shape and the measuring protocol. Backends subclass it."""
 
     name: str = "cpu"
-    backend: str = "onnxruntime"  # the registered implementation (nas.targets)
+    backend: str = "onnxruntime"  # the registered implementation (nas.latency.targets)
     threads: int = 1  # intra-op threads, fixed; 1 is the most repeatable on a shared 2-vCPU VM
     input_shape: list[int] = field(default_factory=lambda: [1, 3, 224, 224])  # height/width follow the arch
     warmup: int = 10
@@ -188,7 +188,7 @@ class SearchSpaceConfig:
 
 @dataclass
 class DatasetConfig:
-    """What every dataset shares. Datasets with options of their own subclass it (nas.accuracy.datasets)."""
+    """What every dataset shares. Datasets with options of their own subclass it (nas.data.datasets)."""
 
     name: str = "digits"
     # A candidate trains at round(its deployment resolution x proxy_scale), at least min_resolution pixels:
@@ -237,7 +237,7 @@ class StudyConfig:
     workers: int = 1  # local worker processes this command runs on the study (each adds trials until max_trials)
     # Measuring on this host waits for other workers' training (and vice versa): their CPU load would skew it.
     host_lock: bool = True
-    sampler: str = "nsga2"  # a registered sampler (nas.samplers)
+    sampler: str = "nsga2"  # a registered sampler (nas.search.samplers)
     seed: int = 0
     name: str | None = None  # default: derived from target, its set-up, space, dataset and budget
     timeout_s: float | None = None
@@ -263,7 +263,7 @@ class StudyConfig:
     experiment: str = "nas"  # MLflow experiment name
 
     def __post_init__(self) -> None:
-        from nas.samplers import samplers
+        from nas.core.registry import samplers
 
         if self.epochs is not None:
             require(self.epochs >= 1, f"study.epochs={self.epochs} must be >= 1")
@@ -302,7 +302,7 @@ class PredictorSearchConfig:
     refit_every: int = 4  # new measurements between refits
 
     def __post_init__(self) -> None:
-        from nas.predictors.registry import predictors
+        from nas.core.registry import predictors
 
         require(self.kind in predictors, f"predictor.kind={self.kind} must be one of {', '.join(predictors.names())}")
         require(self.z >= 0, f"predictor.z={self.z} must be >= 0")
@@ -330,7 +330,7 @@ class SearchConfig:
     budget_ms: float = 10.0
     workdir: str = "nas-workdir"
     format: str = "text"
-    # The export's model card lists the winner's latency under these CPU runtimes too (nas/runtimes.py), measured
+    # The export's model card lists the winner's latency under these CPU runtimes too (latency/runtimes.py), measured
     # with the study's protocol when the study's target runs on this CPU; [] skips it.
     card_runtimes: list[str] = field(default_factory=lambda: list(CPU_RUNTIMES))
     overrides: list[str] = field(default_factory=list)  # what the command line set: filled in by the CLI
@@ -433,7 +433,7 @@ class PredictorCmdConfig:
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from nas.predictors.registry import predictors
+        from nas.core.registry import predictors
 
         require(self.kind in predictors, f"kind={self.kind} must be one of {', '.join(predictors.names())}")
         require(self.n_samples >= 5, f"n_samples={self.n_samples} must be >= 5")
@@ -465,15 +465,8 @@ class AgentConfig:
         require(self.measure_timeout_s > 0, f"measure_timeout_s={self.measure_timeout_s} must be > 0")
 
 
-def register_configs() -> None:
-    """Store the command schemas, and import the built-in parts and plugins so their configs are registered."""
-    import nas.accuracy.datasets
-    import nas.predictors.registry
-    import nas.samplers
-    import nas.search_spaces.factorized
-    import nas.targets  # noqa: F401  (each import registers built-in parts: targets, datasets, spaces, ...)
-    from nas.registry import load_plugins
-
+def register_schemas() -> None:
+    """Store the command schemas in Hydra's ConfigStore (the parts' schemas are stored as they register)."""
     cs = ConfigStore.instance()
     cs.store(name="search_schema", node=SearchConfig)
     cs.store(name="measure_schema", node=MeasureConfig)
@@ -484,4 +477,3 @@ def register_configs() -> None:
     cs.store(group="search_space", name="search_space_schema", node=SearchSpaceConfig)
     cs.store(group="study", name="study_schema", node=StudyConfig)
     cs.store(group="accuracy", name="accuracy_schema", node=AccuracyConfig)
-    load_plugins()

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nas.arch import Arch
-from nas.errors import NasError
-from nas.targets.base import fingerprint_hash
+from nas.core.arch import Arch
+from nas.core.errors import NasError
+from nas.core.stats import fingerprint_hash
 
 FORMAT_VERSION = 1
 
@@ -71,7 +71,7 @@ def save_predictor(predictor: LatencyPredictor, path: Path, fingerprint: dict[st
 
 def load_predictor(path: Path, fingerprint: dict[str, Any] | None = None) -> tuple[LatencyPredictor, dict]:
     """Load a predictor file; warns when it was made for another target set-up or other library versions."""
-    from nas.predictors.registry import predictors
+    from nas.core.registry import predictors
 
     try:
         doc = json.loads(Path(path).read_text())

@@ -1,7 +1,7 @@
 """Analytic Edge TPU latency of any ONNX image classifier: graph features and the calibrated prediction.
 
 This is the part the search calls (no Edge TPU, no network, a fraction of a second per graph). The calibration
-tooling that fits the constants lives in ``edgetpu_calibration.py``; the fitted constants ship in
+tooling that fits the constants lives in the repo's ``tools/edgetpu_calibration.py``; the fitted constants ship in
 ``data/edgetpu_constants.json``.
 
 From the ONNX graph (shape plumbing folded to constants first, so TF-"same" padding's computed ``Pad`` nodes are

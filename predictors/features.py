@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from timm.layers import make_divisible
-from timm.models._efficientnet_builder import round_channels
 
-from nas.arch import Arch
+from nas.core.arch import Arch, make_divisible, round_channels
 
 ACT_GROUP = {"relu": "relu", "relu6": "relu", "hard_swish": "hswish", "swish": "swish"}
 

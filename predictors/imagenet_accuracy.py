@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.arch import Arch, Block
+from nas.core.arch import Arch, Block
 from nas.predictors.features import block_features
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -682,7 +682,7 @@ def build_timm_archs(path: Path = TIMM_ARCHS_JSON, timm_csv: Path = TIMM_CSV,
                      log: Callable[[str], None] = print) -> Path:
     """Read every timm arch named in timm_imagenet_mbconv.csv with ``arch_from_timm`` and cache the Archs as JSON
     (building 100 timm models is slow; fitting reads the cache). Archs that cannot be expressed are listed."""
-    from nas.timm_arch import arch_from_timm
+    from nas.search_spaces.timm_arch import arch_from_timm
 
     names = sorted({r["arch"] for r in read_rows(timm_csv)})
     archs, skipped = {}, {}
@@ -692,7 +692,7 @@ def build_timm_archs(path: Path = TIMM_ARCHS_JSON, timm_csv: Path = TIMM_CSV,
         except Exception as e:  # any model the Arch cannot say is skipped and named
             skipped[name] = str(e).splitlines()[0][:200]
     log(f"timm archs: {len(archs)} read, {len(skipped)} cannot be expressed as an Arch")
-    doc = {"note": "Archs of timm_imagenet_mbconv.csv's arch names, read by nas.timm_arch.arch_from_timm at timm's "
+    doc = {"note": "Archs of timm_imagenet_mbconv.csv's arch names, read by timm_arch.arch_from_timm at timm's "
                    "default resolution; regenerate with nas.predictors.imagenet_accuracy.build_timm_archs",
            "archs": archs, "skipped": skipped}
     path.write_text(json.dumps(doc, indent=1, sort_keys=True))
@@ -759,6 +759,6 @@ def fit_default(anb_path: str | Path = ANB_CSV, timm_path: str | Path = TIMM_CSV
     model.cv_ = {"block_5fold": {**cv, "unit": BENCHMARK_UNIT, "folds": "shuffled 5-fold over archs, seed "
                                  f"{seed}"}, "fit_seconds": round(time.perf_counter() - t0, 1)}
     model.provenance_ = {p.name: read_header(p) for p in (Path(anb_path), Path(timm_path), SEEDS_CSV)}
-    model.provenance_["timm_archs"] = "timm_archs.json: Archs read from timm by nas.timm_arch.arch_from_timm"
+    model.provenance_["timm_archs"] = "timm_archs.json: Archs read from timm by timm_arch.arch_from_timm"
     log(f"done in {time.perf_counter() - t0:.0f} s")
     return model

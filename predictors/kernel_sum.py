@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 
-from nas.arch import Arch
+from nas.core.arch import Arch
 from nas.predictors.features import FEATURE_NAMES, features_matrix
 
 # With few measurements (an online fit early in a search) the per-kernel split cannot be identified; a compact
@@ -60,7 +59,7 @@ class KernelSumPredictor:
         # Weight rows by 1/y: minimise relative error, as the budget decision is relative; and by how sure each
         # measurement is.
         xs = np.hstack([x / self.scale_, np.ones((len(x), 1))]) / y[:, None] * weights[:, None]
-        w, _ = nnls(xs, weights, maxiter=50 * xs.shape[1])
+        w, _ = _nnls(xs, weights, maxiter=50 * xs.shape[1])
         return w
 
     def _apply(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -93,3 +92,9 @@ class KernelSumPredictor:
         p.coefs_ = np.array(state["members"])
         p.noise_rel_ = float(state["noise_rel"])
         return p
+
+
+def _nnls(a: np.ndarray, b: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, float]:
+    from scipy.optimize import nnls  # on first fit: scipy is not needed to read a configuration
+
+    return nnls(a, b, **kwargs)

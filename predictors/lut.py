@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 
-from nas.arch import Arch
+from nas.core.arch import Arch
 from nas.predictors.features import BlockFeatures, block_features
 
 # (arch, the table keys it needs) -> {key: latency ms}, measured in isolation on the target.
@@ -82,7 +81,7 @@ class LookupTablePredictor:
         keys = list(self.table_)
         rows = np.stack([_fallback_row(figs[k]) for k in keys if k in figs])
         vals = np.array([self.table_[k] for k in keys if k in figs])
-        self.fallback_, _ = nnls(rows / vals[:, None], np.ones(len(vals)))
+        self.fallback_, _ = _nnls(rows / vals[:, None], np.ones(len(vals)))
         fb = rows @ self.fallback_
         self.fallback_rel_ = float(np.std((fb - vals) / vals))
         sums = np.array([sum(self.table_[k] for k, _ in ps) for ps in parts])
@@ -120,3 +119,9 @@ class LookupTablePredictor:
         p.fallback_ = np.array(state["fallback"])
         p.fallback_rel_ = float(state["fallback_rel"])
         return p
+
+
+def _nnls(a: np.ndarray, b: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, float]:
+    from scipy.optimize import nnls  # on first fit: scipy is not needed to read a configuration
+
+    return nnls(a, b, **kwargs)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.arch import Arch
+from nas.core.arch import Arch
 from nas.predictors.features import arch_features
 from nas.search_spaces.factorized import FactorizedSpace
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nas.arch import Arch, Block
 from nas.config import SearchSpaceConfig
-from nas.errors import ConfigError
-from nas.registry import Registry
+from nas.core.arch import Arch, Block
+from nas.core.errors import ConfigError
+from nas.core.registry import spaces
 from nas.search_spaces.references import reference_archs
 
 
@@ -31,7 +31,6 @@ class _Stage:
 
 
 # A search space is a class built from its config: ``sample(trial)``, ``references()``, ``contains(arch)``.
-spaces: Registry[type] = Registry("search space")
 
 
 @spaces.register("factorized")

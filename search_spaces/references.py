@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nas.arch import Arch, Block
+from nas.core.arch import Arch, Block
 
 
 def _stages(defs: list[list[str]]) -> tuple[tuple[Block, ...], ...]:

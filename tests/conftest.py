@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from nas import builtins
+from nas.cli import policy
+
+# The suite is an entry point: it registers the built-in parts and sets the logging policy as the CLI does.
+builtins.register(plugins=False)
+policy.configure()
+
 # Set in the child interpreter that runs an `isolated` test, so the hook below runs it there instead of respawning.
 ISOLATED_ENV = "NAS_TEST_ISOLATED"
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.accuracy.datasets import ElpvConfig, ImageFolderConfig, load_dataset, train_resolution
+from nas.accuracy.reeval import Reevaluation, pick, ranked
 from nas.accuracy.train import Recipe, resolve_device, train_run
-from nas.arch import Arch
 from nas.config import DatasetConfig
-from nas.errors import ConfigError, DatasetError
-from nas.records import TrialRecord
-from nas.reeval import Reevaluation, pick, ranked
+from nas.core.arch import Arch
+from nas.core.errors import ConfigError, DatasetError
+from nas.core.records import TrialRecord
+from nas.data.datasets import ElpvConfig, ImageFolderConfig, load_dataset, train_resolution
+from nas.search.trial import latency_class, promoted
 from nas.search_spaces.references import reference_archs
-from nas.trial import latency_class, promoted
 from tests.conftest import FAST, run_nas
 
 

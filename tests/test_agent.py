@@ -11,8 +11,8 @@ import pytest
 import requests
 from onnx import TensorProto, helper
 
-from nas.build import build_model
-from nas.onnx_export import export_onnx
+from nas.latency.onnx_export import export_onnx
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
 from tests.conftest import FAST, nas_bin, run_nas
 from tests.servers import free_port

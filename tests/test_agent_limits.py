@@ -15,8 +15,8 @@ import pytest
 import requests
 from onnx import TensorProto, helper, numpy_helper
 
-from nas.build import build_model
-from nas.onnx_export import export_onnx
+from nas.latency.onnx_export import export_onnx
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
 from tests.test_agent import QUICK, start_agent
 

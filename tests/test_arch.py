@@ -3,8 +3,8 @@ import json
 import pytest
 import timm
 
-from nas.arch import Arch, Block
-from nas.build import build_model, count_params
+from nas.core.arch import Arch, Block
+from nas.search_spaces.build import build_model, count_params
 from nas.search_spaces.references import REFERENCE_DEFS, _parse, reference_archs
 
 

@@ -4,9 +4,9 @@ import onnxruntime as ort
 import pytest
 
 from nas.agent.server import gpu_status
-from nas.errors import TargetError
-from nas.targets.gpu import clash, load_failure, unloaded_gpu_providers
-from nas.targets.ort import OnnxRuntimeTarget, OrtConfig
+from nas.core.errors import TargetError
+from nas.latency.targets.gpu import clash, load_failure, unloaded_gpu_providers
+from nas.latency.targets.ort import OnnxRuntimeTarget, OrtConfig
 from tests.conftest import last_json, run_nas
 
 CUDA_BUILD = "CUDAExecutionProvider" in ort.get_available_providers()

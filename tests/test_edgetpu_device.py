@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nas.errors import CandidateFailed, TargetError
-from nas.targets.edgetpu_device import (
+from nas.core.errors import CandidateFailed, TargetError
+from nas.latency.targets.edgetpu_device import (
     EdgeTpuDevice,
     EdgeTpuUnavailable,
     compile_model,
@@ -182,7 +182,7 @@ def test_explicit_compiler_path_that_is_missing(tmp_path: Path) -> None:
 
 
 def _cfg():
-    from nas.targets.edgetpu import EdgeTpuConfig
+    from nas.latency.targets.edgetpu import EdgeTpuConfig
 
     return EdgeTpuConfig(name="edgetpu", input_shape=[1, 3, 32, 32], warmup=2, repeats=10, rounds=2, round_pause_s=0,
                          tolerance=0, drift_tolerance=0)
@@ -195,7 +195,7 @@ _REASON = probe()
 def test_compile_and_measure_on_the_edge_tpu(tmp_path: Path) -> None:
     import torch
 
-    from nas.tflite_convert import to_tflite
+    from nas.latency.tflite_convert import to_tflite
 
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import timm
 import torch
 from torch import nn
 
-from nas.onnx_export import export_onnx
-from nas.predictors import edgetpu_calibration as ec
+from nas.latency.onnx_export import export_onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ ships with the repo, not the package
 from nas.predictors.edgetpu_model import (
     CONSTANTS_JSON,
     EdgeTpuModel,
@@ -24,6 +26,7 @@ from nas.predictors.edgetpu_model import (
     known_hosts,
     node_costs,
 )
+from tools import edgetpu_calibration as ec
 
 EXPORTERS = ["legacy", "dynamo"]
 
@@ -184,9 +187,9 @@ def test_weights_beyond_the_on_chip_memory_stream_at_the_hosts_bandwidth(tmp_pat
 
 
 def test_fallback_split_on_a_converted_candidate_with_squeeze_excite(tmp_path):
-    from nas.arch import Arch, Block
-    from nas.build import build_model
-    from nas.tflite_convert import to_tflite
+    from nas.core.arch import Arch, Block
+    from nas.latency.tflite_convert import to_tflite
+    from nas.search_spaces.build import build_model
 
     arch = Arch(family="efficientnet", stem_size=16, num_features=64, act="swish", width=0.5, resolution=32,
                 stages=((Block("ds", 1, 3, 1, 1, 16),), (Block("ir", 1, 7, 2, 4, 24, se=0.25),),

@@ -8,7 +8,7 @@ import timm
 import torch
 from mlflow.tracking import MlflowClient
 
-from nas.tflite_convert import interpreter
+from nas.latency.tflite_convert import interpreter
 from tests.conftest import FAST, last_json, run_nas
 
 
@@ -116,7 +116,7 @@ def test_a_tflite_file_without_an_edge_tpu_is_one_line(tmp_path):
 
 
 def test_device_measurements_correct_the_analytic_prior():
-    from nas.predictor_gate import PriorCorrection
+    from nas.latency.gate import PriorCorrection
 
     c = PriorCorrection(rel_error=0.11)
     assert c.fit([(2.0, 3.0), (4.0, 6.2)]).apply(10.0) == (10.0, 1.1)  # too few pairs: the prior as it is

@@ -111,10 +111,10 @@ _OPEN = """
 import sys, time
 from pathlib import Path
 import optuna
-from nas.measure_cache import MeasurementCache
-from nas.stores import study_storage_url
-from nas.study import open_storage
-from nas.tracking import Tracker
+from nas.latency.cache import MeasurementCache
+from nas.core.stores import study_storage_url
+from nas.search.study import open_storage
+from nas.tracking.client import Tracker
 root, me = Path(sys.argv[1]), sys.argv[2]
 for i in range(10):
     wd = root / f"wd{i}"
@@ -136,7 +136,7 @@ def test_two_processes_opening_a_fresh_workdir_never_crash(tmp_path):
     errors = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     # Usable afterwards: a run is recorded and read back.
-    from nas.tracking import Tracker
+    from nas.tracking.client import Tracker
 
     t = Tracker(tmp_path / "wd9", "nas")
     run_id = t.study_run("s", {})

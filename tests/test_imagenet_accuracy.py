@@ -7,7 +7,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from nas.arch_spec import load_arch
 from nas.predictors.imagenet_accuracy import (
     ANB_CSV,
     TIMM_CSV,
@@ -17,6 +16,7 @@ from nas.predictors.imagenet_accuracy import (
     load_timm_archs,
     read_rows,
 )
+from nas.search_spaces.arch_spec import load_arch
 from nas.search_spaces.references import reference_archs
 from tests.conftest import last_json, run_nas
 

@@ -6,11 +6,11 @@ import onnxruntime as ort
 import optuna
 from mlflow.tracking import MlflowClient
 
-from nas.accuracy.datasets import load_dataset
-from nas.build import build_model
 from nas.config import DatasetConfig
-from nas.onnx_export import export_onnx
-from nas.quantize import calibration_batches, quantize_int8
+from nas.data.datasets import load_dataset
+from nas.latency.onnx_export import export_onnx
+from nas.latency.quantize import calibration_batches, quantize_int8
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
 from tests.conftest import FAST, last_json, run_nas
 

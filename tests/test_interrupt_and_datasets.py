@@ -11,8 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from nas.accuracy.datasets import ImageFolderConfig, load_dataset
-from nas.errors import DatasetError
+from nas.core.errors import DatasetError
+from nas.data.datasets import ImageFolderConfig, load_dataset
 from tests.conftest import FAST, nas_bin, run_nas
 
 

@@ -1,12 +1,12 @@
 """`nas measure` and the ONNX Runtime target, with real sessions."""
 
 
-from nas.build import build_model
-from nas.measure_cache import MeasurementCache
-from nas.onnx_export import export_onnx, graph_stats
+from nas.latency.cache import MeasurementCache
+from nas.latency.onnx_export import export_onnx, graph_stats
+from nas.latency.targets import make_target
+from nas.latency.targets.ort import OrtConfig
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
-from nas.targets import make_target
-from nas.targets.ort import OrtConfig
 from tests.conftest import last_json, run_nas
 
 SMALL = ["target.input_shape=[1,3,64,64]", "target.warmup=2", "target.repeats=10", "target.rounds=2",

@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 
-from nas.targets.ort import OrtConfig
-from nas.targets.timing import DriftProbe, measure_with_drift_check, run_rounds
+from nas.latency.targets.ort import OrtConfig
+from nas.latency.targets.timing import DriftProbe, measure_with_drift_check, run_rounds
 
 
 def synthetic(round_sd: float, run_sd: float = 0.01, per_round: int = 20, seed: int = 0):

@@ -16,9 +16,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from nas import names
-from nas.arch import Arch
-from nas.build import build_model
+from nas.core import names
+from nas.core.arch import Arch
+from nas.search_spaces.build import build_model
 from tests.conftest import FAST, run_nas
 
 BUDGET = 50
@@ -163,14 +163,11 @@ def test_timm_train_py_runs_through_the_bundle_module(searched, tmp_path):
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [str(script), 3, False]
 
 
-def test_nas_timm_models_registers_every_export_of_a_workdir(searched, monkeypatch):
-    import importlib
-
+def test_register_exports_registers_every_export_of_a_workdir(searched):
     import timm
 
+    from nas.export.timm_models import register_exports
+
     wd, _, _out = searched
-    monkeypatch.setenv("NAS_WORKDIR", str(wd))
-    sys.modules.pop("nas.timm_models", None)
-    mod = importlib.import_module("nas.timm_models")
-    assert list(mod.registered) == [TIMM]
+    assert list(register_exports(wd)) == [TIMM]
     assert repr(timm.create_model(TIMM)) == repr(build_model(bundle_arch(wd), NUM_CLASSES))

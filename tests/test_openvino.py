@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import requests
 
-from nas.accuracy.datasets import load_dataset
-from nas.build import build_model
 from nas.config import DatasetConfig, Precision
-from nas.errors import TargetError
-from nas.onnx_export import export_onnx
+from nas.core.errors import TargetError
+from nas.data.datasets import load_dataset
+from nas.latency.onnx_export import export_onnx
+from nas.latency.targets import make_target
+from nas.latency.targets.openvino import OpenVinoConfig, OpenVinoTarget
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
-from nas.targets import make_target
-from nas.targets.openvino import OpenVinoConfig, OpenVinoTarget
 from tests.conftest import FAST, last_json, run_nas
 
 needs_openvino = pytest.mark.skipif(find_spec("openvino") is None or find_spec("nncf") is None,
@@ -54,7 +54,7 @@ def test_measure_and_fingerprint(tmp_path, arch64):
 def test_int8_is_nncf_quantized_and_its_accuracy_is_the_quantized_models(tmp_path, monkeypatch):
     import openvino as ov
 
-    import nas.targets.openvino as backend
+    import nas.latency.targets.openvino as backend
 
     data = load_dataset(DatasetConfig()).at(32)
     model = build_model(reference_archs(32)["mobilenetv3_small_100"], 10).eval()
@@ -135,8 +135,8 @@ def test_the_agent_serves_openvino(tmp_path):
     # Exported in a fresh interpreter: this process has imported OpenVINO and NNCF by now, and one full-suite run
     # died here with SIGSEGV (not reproduced alone); the agent's own measurement is what this test is about.
     path = tmp_path / "m.onnx"
-    subprocess.run([sys.executable, "-c", "import sys, pathlib; from nas.build import build_model; "
-                    "from nas.onnx_export import export_onnx; "
+    subprocess.run([sys.executable, "-c", "import sys, pathlib; from nas.search_spaces.build import build_model; "
+                    "from nas.latency.onnx_export import export_onnx; "
                     "from nas.search_spaces.references import reference_archs; "
                     "export_onnx(build_model(reference_archs()['mobilenetv3_small_100'], 10), (1, 3, 32, 32), "
                     "pathlib.Path(sys.argv[1]))", str(path)], check=True, capture_output=True)

@@ -11,14 +11,14 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from nas.block_latency import arch_parts
-from nas.build import build_model
-from nas.onnx_export import export_onnx, graph_stats
+from nas.latency.block_latency import arch_parts
+from nas.latency.onnx_export import export_onnx, graph_stats
 from nas.predictors.base import PredictorError, load_predictor, save_predictor
 from nas.predictors.features import FEATURE_NAMES, arch_features, features_matrix
 from nas.predictors.kernel_sum import KernelSumPredictor
 from nas.predictors.lut import LookupTablePredictor, entry_keys
 from nas.predictors.sampling import sample_stratified
+from nas.search_spaces.build import build_model
 from nas.search_spaces.factorized import make_space
 from nas.search_spaces.references import reference_archs
 from tests.conftest import FAST, last_json, run_nas

@@ -6,9 +6,9 @@ from importlib.util import find_spec
 import pytest
 
 from nas.config import TargetConfig
-from nas.runtimes import card_runtimes_md, fastest, measure_runtimes, runtime_config
+from nas.latency.runtimes import card_runtimes_md, fastest, measure_runtimes, runtime_config
+from nas.latency.targets.ort import OrtConfig
 from nas.search_spaces.references import reference_archs
-from nas.targets.ort import OrtConfig
 from tests.conftest import last_json, run_nas
 
 SMALL = ["target.warmup=2", "target.repeats=10", "target.rounds=2", "target.round_pause_s=0"]

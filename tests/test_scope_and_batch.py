@@ -3,12 +3,12 @@
 import numpy as np
 import onnxruntime as ort
 
-from nas.build import build_model
-from nas.onnx_export import export_onnx
+from nas.latency.onnx_export import export_onnx
+from nas.latency.targets import make_target
+from nas.latency.targets.ort import OrtConfig, io_bound_pipeline
+from nas.latency.targets.pipeline import Pipeline
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
-from nas.targets import make_target
-from nas.targets.ort import OrtConfig, io_bound_pipeline
-from nas.targets.pipeline import Pipeline
 from tests.conftest import last_json, run_nas
 
 QUICK = ["target.warmup=1", "target.repeats=10", "target.rounds=2", "target.round_pause_s=0", "target.tolerance=0",

@@ -8,8 +8,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nas.records import best_under_budget, record_of
-from nas.reeval import ranked
+from nas.accuracy.reeval import ranked
+from nas.core.records import best_under_budget, record_of
 from tests.conftest import FAST, last_json, run_nas
 
 STUDY = "cpu-mbconv-digits-50ms"

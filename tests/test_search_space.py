@@ -3,8 +3,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from nas.build import build_model
 from nas.config import SearchConfig
+from nas.search_spaces.build import build_model
 from nas.search_spaces.factorized import make_space
 
 
@@ -39,7 +39,7 @@ def test_default_space_is_accel_nasbench_blocks_with_width_and_resolution_open()
 def test_references_outside_the_space_are_measured_as_themselves(tmp_path):
     """The default space cannot express the references; each is enqueued with the space's nearest parameters and
     its trial builds the reference itself."""
-    from nas.study import enqueue_references
+    from nas.search.study import enqueue_references
 
     space = make_space(space_cfg("mbconv"))
     assert not any(space.contains(a) for a in space.references().values())
@@ -87,9 +87,9 @@ def test_references_stay_at_their_native_width_and_resolution():
 @pytest.mark.parametrize("name", ["mbconv", "mnv3"])
 def test_default_space_spans_the_budget(name, tmp_path):
     """Width and resolution are searched: the space's extremes bracket mobilenetv2_100 at 224 px widely."""
-    from nas.onnx_export import export_onnx, graph_stats
+    from nas.latency.onnx_export import export_onnx, graph_stats
+    from nas.latency.targets.ort import OnnxRuntimeTarget, OrtConfig
     from nas.search_spaces.references import reference_archs
-    from nas.targets.ort import OnnxRuntimeTarget, OrtConfig
 
     space = make_space(space_cfg(name))
     assert len(space.widths) >= 4 and len(space.resolutions) >= 3
@@ -114,7 +114,7 @@ def test_a_study_of_the_fixed_width_space_resumes_in_the_open_space(tmp_path):
     """Studies made when width and resolution were fixed keep their trials: their archs lie inside the new space."""
     import optuna
 
-    from nas.arch import Arch
+    from nas.core.arch import Arch
     from tests.conftest import FAST, run_nas
 
     wd = tmp_path / "wd"

@@ -9,12 +9,12 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from nas.accuracy.datasets import load_dataset
-from nas.build import build_model
 from nas.config import DatasetConfig
-from nas.quantize import calibration_batches
+from nas.data.datasets import load_dataset
+from nas.latency.quantize import calibration_batches
+from nas.latency.tflite_convert import interpreter, to_tflite
+from nas.search_spaces.build import build_model
 from nas.search_spaces.references import reference_archs
-from nas.tflite_convert import interpreter, to_tflite
 from tests.conftest import FAST, last_json, run_nas
 from tests.test_agent import AUTH, QUICK, TOKEN, start_agent
 
@@ -116,7 +116,7 @@ def test_a_graph_xnnpack_refuses_is_still_converted_and_checked(tmp_path):
     """This int8 candidate (an Edge TPU export of the default space) makes the default XNNPACK delegate fail to
     prepare; the conversion's output check runs it on TFLite's own kernels instead of ending the export in a
     traceback."""
-    from nas.arch import Arch
+    from nas.core.arch import Arch
     from nas.search_spaces.references import _stages
 
     arch = Arch(family="efficientnet", stem_size=32, num_features=1280, act="relu", resolution=256, stages=_stages([

@@ -1,4 +1,4 @@
-"""nas.timm_arch: any timm MobileNet/EfficientNet-family model read into an Arch that rebuilds it exactly."""
+"""nas.search_spaces.timm_arch: any timm MobileNet/EfficientNet model read into an Arch that rebuilds it exactly."""
 
 from dataclasses import replace
 
@@ -6,11 +6,11 @@ import pytest
 import timm
 from timm.models._efficientnet_builder import EfficientNetBuilder
 
-from nas.arch import Arch
-from nas.build import build_model, count_params
-from nas.errors import ArchError
+from nas.core.arch import Arch
+from nas.core.errors import ArchError
+from nas.search_spaces.build import build_model, count_params
 from nas.search_spaces.references import _parse, reference_archs
-from nas.timm_arch import arch_from_timm
+from nas.search_spaces.timm_arch import arch_from_timm
 
 EXPRESSIBLE = [
     "efficientnet_b1",
@@ -87,7 +87,7 @@ def test_unknown_name_is_one_line(name, hint):
 def test_the_rebuild_check_refuses_an_arch_that_differs():
     import torch
 
-    from nas.timm_arch import _create, _verify
+    from nas.search_spaces.timm_arch import _create, _verify
 
     model, _ = _create("mobilenetv3_large_100", timm, torch)
     arch = arch_from_timm("mobilenetv3_large_100")

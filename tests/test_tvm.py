@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from nas.config import Precision
-from nas.errors import ConfigError, TargetError
-from nas.onnx_export import export_onnx
+from nas.core.errors import ConfigError, TargetError
+from nas.latency.onnx_export import export_onnx
+from nas.latency.targets import make_target
+from nas.latency.targets.tvm import TvmConfig
 from nas.search_spaces.references import reference_archs
-from nas.targets import make_target
-from nas.targets.tvm import TvmConfig
 from tests.conftest import last_json, run_nas
 
 needs_tvm = pytest.mark.skipif(find_spec("tvm") is None,
@@ -71,7 +71,7 @@ def _record_every_workload(target, onnx_path: Path) -> int:
 def test_tuning_database_is_shared_by_candidates(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
-    from nas.targets.tvm import new_workloads
+    from nas.latency.targets.tvm import new_workloads
 
     a = export_onnx(conv_net(4), (1, 3, 16, 16), tmp_path / "a.onnx")
     b = export_onnx(conv_net(6), (1, 3, 16, 16), tmp_path / "b.onnx")
@@ -105,7 +105,7 @@ def test_tuning_gives_every_workload_a_record_and_keeps_the_cost_model(tmp_path)
     the trials left over are spent, and the next candidate tunes only its own new workloads."""
     from tvm.s_tir import meta_schedule as ms
 
-    from nas.targets.tvm import COST_MODEL_FILE, new_workloads
+    from nas.latency.targets.tvm import COST_MODEL_FILE, new_workloads
 
     a = export_onnx(conv_net(4), (1, 3, 16, 16), tmp_path / "a.onnx")
     b = export_onnx(conv_net(6), (1, 3, 16, 16), tmp_path / "b.onnx")
@@ -136,7 +136,7 @@ def test_tuning_gives_every_workload_a_record_and_keeps_the_cost_model(tmp_path)
 
 
 def test_trials_go_where_the_measured_time_is():
-    from nas.targets.tvm import allocate
+    from nas.latency.targets.tvm import allocate
 
     assert allocate(10, [3e-3, 1e-3, 1e-3]) == [6, 2, 2]
     assert sum(allocate(7, [5.0, 3.0, 1.0, 1.0])) == 7 and allocate(7, [5.0, 3.0, 1.0, 1.0])[0] >= 3

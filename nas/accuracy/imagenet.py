@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nas.arch import Arch
-from nas.errors import ConfigError, first_line
+from nas.core.arch import Arch
+from nas.core.errors import ConfigError, first_line
 
 IMAGENET_CLASSES = 1000  # accuracy=imagenet: candidates are measured and exported as ImageNet classifiers
 

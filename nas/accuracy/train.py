@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nas.accuracy.datasets import Splits
-from nas.arch import Arch
-from nas.build import build_model
-from nas.errors import CandidateFailed, ConfigError, TrainingDiverged, first_line
+from nas.core.arch import Arch
+from nas.core.errors import CandidateFailed, ConfigError, TrainingDiverged, first_line
+from nas.data.datasets import Splits
+from nas.search_spaces.build import build_model
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,10 @@ from starlette.routing import Route
 
 from nas.agent.validate import ModelRejected, validate_file
 from nas.config import AgentConfig, Precision, Scope, TargetConfig
-from nas.errors import CandidateFailed, ConfigError, TargetError, first_line
-from nas.targets.base import make_target, targets
-from nas.targets.ort import OnnxRuntimeTarget, OrtConfig, cpu_model
-from nas.workers import pid_alive
+from nas.core.errors import CandidateFailed, ConfigError, TargetError, first_line
+from nas.core.workers import pid_alive
+from nas.latency.targets.base import make_target, targets
+from nas.latency.targets.ort import OnnxRuntimeTarget, OrtConfig, cpu_model
 
 LIMITS = {"threads": (1, 256), "warmup": (0, 1000), "repeats": (5, 10000), "rounds": (1, 100), "max_rounds": (1, 100)}
 # The stopping rule's floats, clamped: a longer time limit would only stretch the request past measure_timeout_s.
@@ -207,7 +207,7 @@ class Agent:
         """What /info says that cannot change while the agent runs, computed once (no session per request)."""
         import onnxruntime as ort
 
-        from nas.targets.litert import litert_versions
+        from nas.latency.targets.litert import litert_versions
 
         litert = litert_versions()["ai-edge-litert"]
         return {"device": cpu_model(), "machine": platform.machine(), "runtime": f"onnxruntime {ort.__version__}",
@@ -319,7 +319,7 @@ class Agent:
                 raise ValueError(f"source_size={h},{w} must be within 8..8192")
             values["source_size"] = [h, w]
         if runtime == "edgetpu":  # the agent runs what it is sent on its own Edge TPU, or says what is missing
-            from nas.targets.edgetpu import EdgeTpuMode, EdgeTpuOptions
+            from nas.latency.targets.edgetpu import EdgeTpuMode, EdgeTpuOptions
 
             values["edgetpu"] = EdgeTpuOptions(mode=EdgeTpuMode.measure)
         elif "providers" in values and runtime != "onnxruntime":

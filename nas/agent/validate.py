@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from nas.errors import first_line
+from nas.core.errors import first_line
 
 # Operator domains ONNX Runtime implements itself; anything else needs a custom-op library, which is refused.
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}

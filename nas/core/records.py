@@ -1,0 +1,92 @@
+"""Plain result values read back from the Optuna storage: what the summary, Pareto front and export use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from nas.core import names
+from nas.core.arch import Arch
+from nas.core.stats import LatencyStats
+from nas.core.workers import WORKER_DIED
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    study: str
+    number: int
+    state: str  # complete | failed | running | skipped
+    arch: Arch | None
+    accuracy: float | None
+    latency_ms: float | None  # the budget statistic
+    latency: LatencyStats | None
+    params: int | None
+    macs: int | None
+    run_id: str | None
+    reason: str | None
+    attrs: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.attrs.get(names.REFERENCE) or (self.arch.hash[:8] if self.arch else f"#{self.number}")
+
+    def feasible(self, budget_ms: float) -> bool:
+        return self.state == "complete" and self.latency_ms is not None and self.latency_ms <= budget_ms
+
+
+_STATES = {
+    optuna.trial.TrialState.COMPLETE: "complete",
+    optuna.trial.TrialState.FAIL: "failed",
+    optuna.trial.TrialState.RUNNING: "running",
+    optuna.trial.TrialState.PRUNED: "skipped",
+    optuna.trial.TrialState.WAITING: "waiting",
+}
+
+
+def record_of(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
+    a = t.user_attrs
+    arch = Arch.from_dict(a[names.ARCH]) if names.ARCH in a else None
+    lat = LatencyStats.from_dict(a[names.LATENCY]) if names.LATENCY in a else None
+    complete = t.state == optuna.trial.TrialState.COMPLETE
+    return TrialRecord(
+        study=study_name,
+        number=t.number,
+        state=_STATES.get(t.state, str(t.state)),
+        arch=arch,
+        accuracy=t.values[0] if complete and t.values else None,
+        latency_ms=t.values[1] if complete and t.values else a.get(names.LATENCY_MS),
+        latency=lat,
+        params=a.get(names.PARAMS),
+        macs=a.get(names.MACS),
+        run_id=a.get(names.RUN_ID),
+        reason=a.get(names.FAIL_REASON) or (WORKER_DIED if t.state == optuna.trial.TrialState.FAIL else None),
+        attrs=dict(a),
+    )
+
+
+def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Completed trials no other completed trial beats on both accuracy (higher) and latency (lower)."""
+    done = [r for r in records if r.state == "complete"]
+    front = []
+    for r in done:
+        dominated = any(
+            o.accuracy >= r.accuracy and o.latency_ms <= r.latency_ms
+            and (o.accuracy > r.accuracy or o.latency_ms < r.latency_ms)
+            for o in done
+        )
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: r.latency_ms)
+
+
+def best_under_budget(records: list[TrialRecord], budget_ms: float) -> TrialRecord | None:
+    """The most accurate completed trial meeting the budget (ties: the faster); always on the Pareto front."""
+    ok = [r for r in records if r.feasible(budget_ms)]
+    return max(ok, key=lambda r: (r.accuracy, -r.latency_ms)) if ok else None
+
+
+def fastest(records: list[TrialRecord]) -> TrialRecord | None:
+    done = [r for r in records if r.state == "complete"]
+    return min(done, key=lambda r: r.latency_ms) if done else None

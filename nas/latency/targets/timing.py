@@ -1,0 +1,95 @@
+"""The timing loop every local target shares: warm-up, then timed rounds spaced in time, until the figure is tight.
+
+Rounds continue past ``cfg.rounds`` until the 95% bootstrap interval of the budget statistic (over rounds) is
+within ``cfg.tolerance`` of it, or ``cfg.max_rounds`` / ``cfg.time_limit_s`` is reached; a measurement that never
+got there is returned with ``settled=False`` and labelled so, not silently accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from nas.config import TargetConfig
+from nas.core.stats import STATS, LatencyStats, bootstrap_interval, round_statistics
+
+Step = Callable[[], dict[str, float]]  # one timed run -> milliseconds per part (model, or a pipeline's parts)
+
+
+def run_rounds(step: Step, cfg: TargetConfig, split: bool = False,
+               clock: Callable[[], float] = time.monotonic) -> LatencyStats:
+    """``cfg.warmup`` untimed runs, then rounds of ``cfg.repeats // cfg.rounds`` timed runs until settled.
+
+    With ``split`` the record keeps each part's median (pipeline scope).
+    """
+    for _ in range(cfg.warmup):
+        step()
+    rounds, parts = [], []
+    per_round = max(1, cfg.repeats // cfg.rounds)
+    column = STATS.index(str(cfg.statistic))
+    start, settled = clock(), False
+    while True:
+        if rounds:
+            time.sleep(cfg.round_pause_s)  # spread rounds in time, past short bursts of foreign load
+            step()  # re-warm caches after the pause, untimed
+        samples = np.empty(per_round)
+        for k in range(per_round):
+            one = step()
+            samples[k] = sum(one.values())
+            parts.append(one)
+        rounds.append(samples)
+        if len(rounds) >= cfg.rounds:
+            settled = tight(rounds, column, cfg.tolerance)
+            if settled or len(rounds) >= cfg.max_rounds or clock() - start >= cfg.time_limit_s:
+                break
+    split_ms = {k: float(np.median([p[k] for p in parts])) for k in parts[0]} if split else None
+    return LatencyStats.from_rounds(rounds, split_ms, settled=settled)
+
+
+def tight(rounds: list[np.ndarray], column: int, tolerance: float) -> bool:
+    """Whether the bootstrap interval of one statistic's median over rounds is within ``tolerance`` of it."""
+    if tolerance <= 0:
+        return True  # no stopping rule: the fixed number of rounds
+    per_round = round_statistics(rounds)
+    lo, hi = bootstrap_interval(per_round)
+    value = float(np.median(per_round[:, column]))
+    return bool(value > 0 and (hi[column] - lo[column]) / 2 <= tolerance * value)
+
+
+class DriftProbe:
+    """A small fixed workload timed before and after each measurement: a machine whose speed changed in between
+    (another tenant, a thermal throttle, a clock change) shows as a change in the probe's time."""
+
+    def __init__(self, run: Callable[[], None], runs: int = 15) -> None:
+        self.run, self.runs = run, runs
+        for _ in range(3):
+            run()
+
+    def time_ms(self) -> float:
+        samples = []
+        for _ in range(self.runs):
+            t0 = time.perf_counter_ns()
+            self.run()
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        return float(np.median(samples))
+
+
+def measure_with_drift_check(measure: Callable[[], LatencyStats], probe: DriftProbe | None,
+                             tolerance: float) -> tuple[LatencyStats, dict[str, float] | None]:
+    """``measure()``, bracketed by the probe; measured again once when the probe moved by more than ``tolerance``.
+
+    Returns the statistics and what the probe saw (None without a probe)."""
+    if probe is None:
+        return measure(), None
+    before = probe.time_ms()
+    stats = measure()
+    after = probe.time_ms()
+    drift = after / before - 1.0
+    report = {"probe_before_ms": before, "probe_after_ms": after, "drift": drift, "remeasured": 0.0}
+    if abs(drift) > tolerance:  # the machine changed speed during the measurement: take it again
+        stats = measure()
+        again = probe.time_ms()
+        report.update(remeasured=1.0, probe_again_ms=again, drift_again=again / after - 1.0)
+    return stats, report
