@@ -22,6 +22,11 @@ from tests.conftest import run_nas
         ("search_space.choices.depth=[0]", "search_space.choices.depth has 0"),
         ("predictor.kind=kernel_summ", "predictor.kind=kernel_summ must be one of kernel_sum, lut"),
         ("study.latency_classes=[]", "study.latency_classes=[] leaves no class"),
+        # A typo names the closest key, and a key the schema lacks cannot be appended with `+`:
+        ("budjet_ms=5", "unknown key 'budjet_ms'; did you mean budget_ms?"),
+        ("study.n_trails=3", "did you mean study.n_trials"),
+        ("+budjet_ms=5", "unknown key 'budjet_ms'"),
+        ("+study.xyz=1", "unknown key 'study.xyz'"),
     ],
 )
 def test_bad_override_is_one_line_exit_2_nothing_written(tmp_path, override, expect):
@@ -31,6 +36,7 @@ def test_bad_override_is_one_line_exit_2_nothing_written(tmp_path, override, exp
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("nas search: error:") and expect in lines[0]
+    assert "+" not in lines[0].split("error:", 1)[1].replace("(no `+key=`)", "")  # never advises appending a key
     assert not wd.exists()
     assert list(tmp_path.iterdir()) == []  # no Hydra outputs/ folder either
 
@@ -52,6 +58,17 @@ def test_hydra_flags_still_work(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "budget_ms: 7" in res.stdout
     assert "search_space:" in res.stdout
+
+
+def test_command_help_says_what_it_does_with_an_example(tmp_path):
+    res = run_nas("search", "--help", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.splitlines()
+    assert out[0].startswith("nas search: search") and "budget" in out[0]
+    assert any(ln.startswith("example: nas search target=") for ln in out)
+    assert "_schema" not in res.stdout and len(out) < 30
+    hydra = run_nas("search", "--help-hydra", cwd=tmp_path)  # Hydra's full page stays reachable
+    assert hydra.returncode == 0 and "Configuration groups" in hydra.stdout
 
 
 def test_missing_imagefolder_is_one_line(tmp_path):
@@ -81,3 +98,17 @@ def test_export_without_a_study_is_one_line(tmp_path):
     assert res.returncode == 1
     assert "no study in workdir" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_reading_the_configuration_loads_no_torch_timm_or_mlflow(tmp_path):
+    """`nas search --cfg job`, `--help` and a bad override answer from the schema alone (fast: no heavy imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nas.cli.main import main\n"
+            "for argv in (['search', '--cfg', 'job'], ['search', 'budjet_ms=5'], ['--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'timm', 'mlflow', 'onnxruntime', 'scipy') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"

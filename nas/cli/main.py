@@ -7,8 +7,10 @@ written.
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -126,10 +128,15 @@ def validate_overrides(command: str, overrides: list[str]) -> str | None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="nas.conf", version_base=None):
-            cfg = compose(config_name=CONFIG_OF[command], overrides=overrides)
-        OmegaConf.to_object(cfg)
-    except Exception as e:  # Hydra and OmegaConf raise many types; the message is what matters
-        return _one_line(e)
+            try:
+                cfg = compose(config_name=CONFIG_OF[command], overrides=overrides)
+                OmegaConf.to_object(cfg)
+                if added := [o for o in overrides if o.startswith("+")]:  # Hydra appends keys the schema lacks
+                    plain = compose(config_name=CONFIG_OF[command], overrides=[o for o in overrides if o not in added])
+                    if extra := sorted(set(_keys(cfg)) - set(_keys(plain))):
+                        return f"unknown key {extra[0]!r}: `nas` accepts only the keys of its schema (no `+key=`)"
+            except Exception as e:  # Hydra and OmegaConf raise many types; read the key from OmegaConf's own error
+                return _one_line(e, lambda: compose(config_name=CONFIG_OF[command]))
     finally:
         GlobalHydra.instance().clear()
     return None
@@ -153,23 +160,79 @@ def store_failure(e: BaseException) -> str | None:
     return None
 
 
-def _one_line(e: Exception) -> str:
-    # Hydra wraps OmegaConf's error ("Invalid value 'x', expected one of [...]", with its key) in its own.
-    cause = e.__cause__ if e.__cause__ is not None and "Error merging override" in str(e) else e
-    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
-    keep = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
-    if any("Available options in" in ln for ln in keep):  # a wrong group option: list the real choices only
-        i = next(i for i, ln in enumerate(keep) if "Available options in" in ln)
-        end = next((j for j, ln in enumerate(keep) if ln.startswith("Config search path")), len(keep))
-        options = [ln for ln in keep[i + 1:end] if not ln.endswith("_schema")]
-        keep = [*keep[:i], f"{keep[i].rstrip(':')}: {', '.join(options)}"]
-    msg = "; ".join(keep) or type(e).__name__
-    if key and key not in msg:
-        msg = f"{key}: {msg}"
-    if "is not in struct" in msg or "not found in" in msg:
-        msg += " (see `nas <command> --cfg job` for the valid keys)"
-    return msg
+def _one_line(e: Exception, base: Callable[[], DictConfig] | None = None) -> str:
+    """One line for a bad override. OmegaConf's exceptions carry the key (``full_key``); an unknown key gets the
+    closest known keys (from ``base()``, the command's config without overrides), never Hydra's advice to append
+    it with ``+`` (the schema would refuse it, or worse, a typo would run silently)."""
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    err = next((c for c in _chain(e) if isinstance(c, OmegaConfBaseException) and getattr(c, "full_key", None)), None)
+    if isinstance(err, ConfigKeyError | AttributeError) and base is not None:
+        key = str(err.full_key)
+        close = difflib.get_close_matches(key, _keys(base()), n=3, cutoff=0.6)
+        hint = (f"; did you mean {' or '.join(close)}?" if close
+                else " (see `nas <command> --cfg job` for the valid keys)")
+        return f"unknown key {key!r}{hint}"
+    if err is not None and getattr(err, "msg", None):
+        msg = str(err.msg).strip().splitlines()[0]
+        return msg if str(err.full_key) in msg else f"{err.full_key}: {msg}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith("To append")]
+    if any("Available options in" in ln for ln in lines):  # a wrong group option: list the real choices only
+        i = next(i for i, ln in enumerate(lines) if "Available options in" in ln)
+        end = next((j for j, ln in enumerate(lines) if ln.startswith("Config search path")), len(lines))
+        options = [ln for ln in lines[i + 1:end] if not ln.endswith("_schema")]
+        lines = [*lines[:i], f"{lines[i].rstrip(':')}: {', '.join(options)}"]
+    return "; ".join(lines) or type(e).__name__
+
+
+def _chain(e: BaseException | None) -> list[BaseException]:
+    out = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a composed config (``budget_ms``, ``study.n_trials``, ...)."""
+    out = []
+    for k in cfg:
+        full = f"{prefix}{k}"
+        out.append(full)
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig):
+            out += _keys(node, f"{full}.")
+    return out
+
+
+# `nas <command> --help`: what the command does, its main options and an example; Hydra's own page (every group,
+# internal schemas included) stays behind `--help-hydra`.
+OPTIONS = {
+    "search": ("target=cpu|tflite_cpu|openvino|tvm|cuda|edge_tpu|remote  the device and runtime measured\n"
+               "budget_ms=10          the latency budget (target.statistic: p90 by default)\n"
+               "accuracy=imagenet     predicted ImageNet top-1 (default) | accuracy=train dataset=NAME: trained\n"
+               "search_space=mbconv   mbconv (default) | mnasnet | accel_nasbench\n"
+               "study.n_trials=16     candidates measured by this run (a re-run adds more: it resumes)\n"
+               "workdir=nas-workdir   where the studies, measurements, MLflow runs and exports live",
+               "nas search target=edge_tpu budget_ms=10"),
+    "export": ("budget_ms=8           the budget to answer from the stored front (same target and space keys)",
+               "nas export budget_ms=8"),
+    "measure": ("arch=NAME|arch.json | model=path.onnx   what to measure; target=... as for search",
+                "nas measure arch=mobilenetv2_100 target=cpu"),
+    "accuracy predict": ("arch=NAME|arch.json   a timm model name or an exported arch.json",
+                         "nas accuracy predict arch=mnasnet_100"),
+    "predictor fit": ("target=...  n_samples=200   the set-up to fit for, and how many archs to measure",
+                      "nas predictor fit target=cpu n_samples=200"),
+    "runtimes": ("arch=NAME   runtimes=[onnxruntime,openvino,tvm,litert]", "nas runtimes arch=mobilenetv2_100"),
+}
+
+
+def command_help(command: str) -> str:
+    opts, example = OPTIONS.get(command, ("", f"nas {command} --cfg job"))
+    body = "\n".join(f"  {ln}" for ln in opts.splitlines())
+    return (f"nas {command}: {COMMANDS[command]}\n\n" + (f"main options:\n{body}\n\n" if body else "")
+            + f"example: {example}\n\nevery key and its value: nas {command} --cfg job;"
+            f" Hydra's own page: nas {command} --help-hydra; the docs: docs/usage.md, docs/configuration.md")
 
 
 def usage() -> str:
@@ -193,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     except NasError as e:
         print(f"nas {command}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    if any(a in ("-h", "--help") for a in rest):
+        print(command_help(command))
+        sys.exit(0)
+    rest = ["--help" if a == "--help-hydra" else a for a in rest]
     if not any(a.startswith("-") for a in rest):  # flags (--help, -m, --cfg) go to Hydra untouched
         error = validate_overrides(command, rest)
         if error:

@@ -8,7 +8,6 @@ a half-made schema breaks every later open), so whatever creates or migrates a s
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import sqlite3
 from collections.abc import Iterator
@@ -22,29 +21,15 @@ STORE_FILES = {"optuna.db": "the Optuna studies", "mlflow.db": "the MLflow runs"
                "measurements.db": "the measurement cache"}
 
 
-_held: dict[Path, int] = {}  # lock path -> nesting depth in this process (flock is per open file, not per process)
-
-
 @contextmanager
 def workdir_lock(workdir: Path) -> Iterator[None]:
-    """An exclusive lock on ``workdir`` across processes (held while schemas are created or checked); re-entrant."""
+    """An exclusive lock on ``workdir`` across processes (held while schemas are created or checked); re-entrant
+    (filelock counts nested holds of one lock object, and ``is_singleton`` gives one object per file)."""
+    from filelock import FileLock
+
     workdir.mkdir(parents=True, exist_ok=True)
-    path = (workdir / ".nas.lock").resolve()
-    if _held.get(path):
-        _held[path] += 1
-        try:
-            yield
-        finally:
-            _held[path] -= 1
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        _held[path] = 1
-        try:
-            yield
-        finally:
-            _held.pop(path, None)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock((workdir / ".nas.lock").resolve(), is_singleton=True):
+        yield
 
 
 def check_sqlite(path: Path) -> None:

@@ -8,7 +8,7 @@ workers on other hosts are failed by Optuna's heartbeat instead.
 
 from __future__ import annotations
 
-import fcntl
+import getpass
 import os
 import shutil
 import socket
@@ -94,17 +94,28 @@ def remove_dead_scratch(workdir: Path) -> list[Path]:
     return removed
 
 
+def host_lock_path() -> Path:
+    """The host lock's file: ``$NAS_HOST_LOCK``, else one per user in the temporary folder. Every ``nas`` process of
+    this user (any folder, any venv) serialises its measurements on it; another user's processes do not see it, so
+    two users measuring on one machine must share a path through ``NAS_HOST_LOCK`` (docs/workers.md)."""
+    env = os.environ.get("NAS_HOST_LOCK")
+    if env:
+        return Path(env).expanduser()
+    user = getpass.getuser().replace(os.sep, "_") or str(os.getuid())
+    return Path(tempfile.gettempdir()) / f"nas-host-{user}.lock"
+
+
 @contextmanager
 def host_lock(exclusive: bool, enabled: bool = True) -> Iterator[None]:
     """Host-wide: measuring (exclusive) never overlaps another worker's training or measuring on this machine;
-    trainings (shared) run side by side. Two workers on a 2-core VM inflated each other's timings by 40-110%."""
+    trainings (shared) run side by side. Two workers on a 2-core VM inflated each other's timings by 40-110%.
+    filelock's reader/writer lock: a dead holder's hold ends with its process."""
     if not enabled:
         yield
         return
-    path = Path(tempfile.gettempdir()) / "nas-host.lock"
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    from filelock import ReadWriteLock
+
+    path = host_lock_path()
+    lock = ReadWriteLock(path)
+    with lock.write_lock() if exclusive else lock.read_lock():
+        yield

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import onnx
 
 from nas.config import Precision
 from nas.core.arch import Arch
-from nas.core.workers import scratch_prefix
+from nas.core.workers import host_lock, scratch_prefix
 from nas.data.datasets import Splits
 from nas.latency.cache import MeasurementCache
 from nas.latency.onnx_export import GraphStats, export_onnx, graph_stats
@@ -68,7 +68,8 @@ def measure_arch(arch: Arch, target: Target, cache: MeasurementCache, scratch: P
     The model is built and exported to ONNX at the deployment shape (the graph's size figures come from it); the
     target then makes the file it runs (``prepare``: the ONNX itself, int8 QDQ, TFLite) and times it. Without a
     dataset, int8 calibration uses seeded noise: the scales change, the operators and so the latency do not.
-    ``lock()`` is held while the file is timed (and only then): the host lock of a search's workers.
+    ``lock()`` is held while the file is timed (and only then); by default the host lock on a local target, so that
+    ``nas measure``, ``nas predictor fit`` and ``nas runtimes`` never time a model while a search trains here.
     """
     cfg = target.cfg
     fp = setup_fingerprint(target, num_classes)
@@ -89,7 +90,9 @@ def measure_arch(arch: Arch, target: Target, cache: MeasurementCache, scratch: P
     t3 = time.perf_counter()
     prepared = target.prepare(model, onnx_path, shape, data)
     t4 = time.perf_counter()
-    with lock() if lock is not None else nullcontext():
+    if lock is None:
+        lock = lambda: host_lock(True, target.local)  # noqa: E731
+    with lock():
         t5 = time.perf_counter()  # t5 - t4: waiting for the host lock (other workers' training or measuring)
         m = target.measure(prepared.path)
     details = {**prepared.details, **m.details}

@@ -50,21 +50,13 @@ class SearchSummary:
     experiment_id: str = ""  # MLflow's, for the link to the front in the UI
 
 
-class StopAt:
-    """Optuna callback: stop this worker once the study holds ``n`` trials (finished, skipped or running), so many
-    workers share one trial budget."""
+# What counts toward study.max_trials, the budget many workers share: finished, skipped and running trials.
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
-    def __init__(self, n: int) -> None:
-        self.n = n
 
-    @staticmethod
-    def full(study: optuna.Study, n: int | None) -> bool:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-        return n is not None and len(study.get_trials(deepcopy=False, states=states)) >= n
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.full(study, self.n):
-            study.stop()
+def study_full(study: optuna.Study, n: int | None) -> bool:
+    """Whether the study already holds ``n`` counted trials (the check Optuna's MaxTrialsCallback makes)."""
+    return n is not None and len(study.get_trials(deepcopy=False, states=COUNTED)) >= n
 
 
 def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
@@ -112,14 +104,14 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
                            opened.reap, imagenet)
         callbacks: list[Any] = [Progress(cfg, log, cfg.study.n_trials)]
         if cfg.study.max_trials is not None:
-            callbacks.append(StopAt(cfg.study.max_trials))
+            callbacks.append(optuna.study.MaxTrialsCallback(cfg.study.max_trials, states=COUNTED))
 
         def optimize(n: int, timeout: float | None) -> None:
             study.optimize(lambda trial: objective(trial, ctx), n_trials=n, timeout=timeout,
                            catch=CANDIDATE_FAILURES, callbacks=callbacks, gc_after_trial=False)
 
         try:
-            if StopAt.full(study, cfg.study.max_trials):
+            if study_full(study, cfg.study.max_trials):
                 log(f"the study already holds study.max_trials={cfg.study.max_trials} trials: nothing to add")
             elif imagenet is None:
                 optimize(cfg.study.n_trials, cfg.study.timeout_s)
@@ -174,7 +166,7 @@ def screen_and_measure(cfg: SearchConfig, study: optuna.Study, space: Any, image
     deadline = None if cfg.study.timeout_s is None else time.monotonic() + cfg.study.timeout_s
     rng = np.random.default_rng(cfg.study.seed + len(study.trials))
     remaining, screened, rounds, measured = cfg.study.n_trials, 0, 0, 0
-    while remaining > 0 and not StopAt.full(study, cfg.study.max_trials):
+    while remaining > 0 and not study_full(study, cfg.study.max_trials):
         waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
         n = min(remaining, waiting)
         if not n:
