@@ -67,7 +67,11 @@ def record_of(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
 
 
 def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Completed trials no other completed trial beats on both accuracy (higher) and latency (lower)."""
+    """Completed trials no other completed trial beats on both accuracy (higher) and latency (lower).
+
+    Not Optuna's ``study.best_trials``: that keeps only the trials meeting the study's budget (its constraint), while
+    this front spans every budget (``nas export budget_ms=X`` answers any budget from it) and may merge the records of
+    several studies (``nas export`` over a study-name prefix)."""
     done = [r for r in records if r.state == "complete"]
     front = []
     for r in done:

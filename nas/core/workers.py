@@ -60,7 +60,11 @@ def is_dead(worker: dict[str, Any] | None) -> bool:
 
 
 def reap_dead_trials(study: Any, on_failed: Any) -> list[int]:
-    """Fail the study's RUNNING trials whose worker is provably gone; ``on_failed(trial)`` closes their runs."""
+    """Fail the study's RUNNING trials whose worker is provably gone; ``on_failed(trial)`` closes their runs.
+
+    Optuna's heartbeat (``fail_stale_trials``, on in nas.search.study) fails a dead worker's trial only after its
+    grace period; on the same host a dead PID is known at once, so this fails it now. Optuna has no public call to
+    fail another process's trial, hence the storage's own setters."""
     import optuna
 
     storage, reaped = study._storage, []

@@ -146,7 +146,9 @@ def enqueue_references(study: optuna.Study, space: Any) -> list[str]:
     """Enqueue each of the space's references, unless the study has it done, queued, running, or failed for a
     reason of its own; a reference whose run was interrupted or whose worker died is run again. A reference the
     space cannot express is enqueued with the space's nearest parameters (what the sampler learns from) and
-    measured as itself (``trial.start`` builds the reference)."""
+    measured as itself (``trial.start`` builds the reference). Not ``enqueue_trial(skip_if_exists=True)``: that
+    matches parameters, and two references can share their nearest parameters; it would also skip a reference
+    whose worker died."""
     queued = []
     for ref_name, arch in space.references().items():
         params = space.nearest_params(arch)
