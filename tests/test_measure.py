@@ -82,3 +82,20 @@ def test_cache_is_keyed_by_fingerprint(tmp_path):
     cache.put("abc", t1.fingerprint(), stats)
     assert cache.get("abc", t1.fingerprint())[0] == stats
     assert cache.get("abc", t2.fingerprint()) is None  # other threads: another set-up
+
+
+def test_macs_are_per_image_and_unknown_when_a_dimension_is_symbolic(tmp_path):
+    """A batch-4 graph reports the MACs of one image (not 4x); a graph with a symbolic height has no MAC count
+    rather than one that counts the unknown dimension as 1."""
+    import onnx
+
+    model = build_model(reference_archs()["mobilenetv2_100"], num_classes=10).eval()
+    one = graph_stats(onnx.load(str(export_onnx(model, (1, 3, 96, 96), tmp_path / "b1.onnx")))).macs
+    four = graph_stats(onnx.load(str(export_onnx(model, (4, 3, 96, 96), tmp_path / "b4.onnx")))).macs
+    assert one is not None and one > 50e6 and four == one
+    m = onnx.load(str(tmp_path / "b1.onnx"))
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"  # a symbolic height
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            d.Clear()
+    assert graph_stats(m).macs is None

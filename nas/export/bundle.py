@@ -195,7 +195,9 @@ def _interval_md(lat: dict[str, Any], stat: str) -> str:
     if not lo_hi:
         return ""
     settled = "settled" if lat.get("settled", True) else "NOT settled within the time limit: treat with care"
-    return (f"; 95% interval {lo_hi[0]:.3f}-{lo_hi[1]:.3f} ms over {lat.get('rounds')} rounds, rounds spread "
+    basis = (f"the {stat} of all {lat.get('n')} runs pooled" if stat in ("p95", "p99")
+             else f"the median of each round's {stat}")
+    return (f"; {basis}; 95% interval {lo_hi[0]:.3f}-{lo_hi[1]:.3f} ms over {lat.get('rounds')} rounds, rounds spread "
             f"{lat.get('round_spread', 0.0):.1%}, {settled}")
 
 

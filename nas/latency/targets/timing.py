@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from nas.config import TargetConfig
-from nas.core.stats import STATS, LatencyStats, bootstrap_interval, round_statistics
+from nas.core.stats import STATS, LatencyStats, bootstrap_interval, pooled_interval, round_statistics
 
 Step = Callable[[], dict[str, float]]  # one timed run -> milliseconds per part (model, or a pipeline's parts)
 
@@ -52,6 +52,11 @@ def tight(rounds: list[np.ndarray], column: int, tolerance: float) -> bool:
     """Whether the bootstrap interval of one statistic's median over rounds is within ``tolerance`` of it."""
     if tolerance <= 0:
         return True  # no stopping rule: the fixed number of rounds
+    if STATS[column] in ("p95", "p99"):  # the tails are pooled over rounds (LatencyStats.from_rounds)
+        q = float(STATS[column][1:])
+        value = float(np.percentile(np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds]), q))
+        lo_q, hi_q = pooled_interval(rounds, q)
+        return bool(value > 0 and (hi_q - lo_q) / 2 <= tolerance * value)
     per_round = round_statistics(rounds)
     lo, hi = bootstrap_interval(per_round)
     value = float(np.median(per_round[:, column]))
