@@ -11,8 +11,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from nas.config import DatasetConfig
 from nas.core.errors import DatasetError
 from nas.data.datasets import ImageFolderConfig, load_dataset
+from nas.data.images import balanced_sample
 from tests.conftest import FAST, nas_bin, run_nas
 
 
@@ -60,6 +62,20 @@ def test_imagefolder_loads_resized_rgb_stratified(tmp_path):
     assert tuple(x.shape) == (16, 3, 24, 24) and data.n_train == 16  # streamed, cropped to the resolution
     x_val, y_val = data.validation_arrays()
     assert x_val.shape == (4, 3, 24, 24) and sorted(y_val.tolist()) == [0, 0, 1, 1]  # stratified
+
+
+def test_int8_calibration_images_come_from_every_class(tmp_path):
+    """The calibration sample is seeded and class-balanced: not the first class's folder (cats, dark) alone."""
+    _write_images(tmp_path / "imgs")
+    data = load_dataset(ImageFolderConfig(path=str(tmp_path / "imgs")), 24).at(24)
+    calib = data.calibration(8)
+    assert calib.shape == (8, 3, 24, 24)
+    bright = (calib.mean(axis=(1, 2, 3)) > 0).sum()  # normalised: dogs (bright) above the mean, cats below
+    assert bright == 4
+    assert np.array_equal(calib, data.calibration(8))  # seeded: the same images each time
+    digits = load_dataset(DatasetConfig(), 16).at(16)
+    labels = digits.y_train.numpy()[balanced_sample(digits.y_train.numpy(), 64)]
+    assert np.bincount(labels, minlength=10).min() >= 6  # 64 images over 10 classes: 6 or 7 each
 
 
 def test_imagefolder_with_one_class_is_refused(tmp_path):

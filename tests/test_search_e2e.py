@@ -149,3 +149,21 @@ def test_rerun_resumes_the_same_study(searched):
     # One run per trial (a proposed duplicate arch is pruned at once and gets none), none twice.
     assert sorted(int(r.data.tags["nas.trial"]) for r in children) == \
         [t.number for t in ts if "duplicate_of" not in t.user_attrs]
+
+
+def test_duplicates_are_named_and_do_not_use_up_the_trials(tmp_path):
+    """A space of 4 archs, 4 trials asked: the sampler proposes archs the study already has; each is reported as
+    a duplicate (not as a predictor skip), and replaced, so all 4 archs are measured and trained."""
+    small = ["search_space.width=[0.5]", "search_space.choices.depth=[1]", "search_space.choices.kernel=[3]",
+             "search_space.choices.expansion=[6.0]", "search_space.choices.se=[0.0]",
+             "search_space.enqueue_references=false", "study.sampler=random", "predictor.enabled=false"]
+    res = run_nas("search", *FAST, *small, f"workdir={tmp_path / 'wd'}", "budget_ms=500", "study.n_trials=4",
+                  "format=json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = last_json(res.stdout)
+    assert out["complete"] == 4 and out["skipped"] == 0 and out["duplicates"] >= 1
+    dup_lines = [ln for ln in res.stderr.splitlines() + res.stdout.splitlines() if "duplicate of trial" in ln]
+    assert len(dup_lines) == out["duplicates"] and all(ln.startswith("[dup/4]") for ln in dup_lines)
+    assert "surely over budget" not in res.stdout + res.stderr
+    assert f"{4 + out['duplicates']} trials: 4 complete, 0 failed, {out['duplicates']} duplicates" in \
+        res.stdout + res.stderr

@@ -17,6 +17,7 @@ import optuna
 from nas.accuracy.train import Recipe, train_run
 from nas.config import SearchConfig
 from nas.core import names
+from nas.core.errors import CandidateFailed, first_line
 from nas.core.records import TrialRecord
 from nas.data.images import ImageData
 from nas.tracking.client import Tracker
@@ -28,6 +29,7 @@ class Reevaluation:
     epochs: int
     resolution: int
     top1: dict[int, float]  # seed -> top-1 (of the deployed model on int8 targets)
+    failed: dict[int, str] | None = None  # seed -> why its training failed (a NaN loss, ...): left out of the mean
 
     @property
     def mean(self) -> float:
@@ -45,7 +47,8 @@ class Reevaluation:
         return {"trial": self.record.number, "study": self.record.study, "label": self.record.label,
                 "mean": self.mean, "std": self.std, "se": self.se, "seeds": sorted(self.top1),
                 "top1": {str(k): v for k, v in sorted(self.top1.items())}, "epochs": self.epochs,
-                "train_resolution": self.resolution, "latency_ms": self.record.latency_ms}
+                "train_resolution": self.resolution, "latency_ms": self.record.latency_ms,
+                **({"failed_seeds": {str(k): v for k, v in sorted(self.failed.items())}} if self.failed else {})}
 
 
 def ranked(records: list[TrialRecord], budget_ms: float) -> list[TrialRecord]:
@@ -70,15 +73,25 @@ def reevaluate(cfg: SearchConfig, studies: dict[str, optuna.Study], records: lis
         study = studies[r.study]
         res = int(r.attrs[names.TRAIN_RESOLUTION])
         top1 = _known(study, r, epochs, cfg.study.seed)
+        failed = {int(k): v for k, v in (study.user_attrs.get(_key(r, epochs) + ":failed") or {}).items()}
         for seed in seeds:
-            if seed in top1:
+            if seed in top1 or seed in failed:
                 continue
-            run = train_run(r.arch, data.at(res), epochs, seed, recipe)
-            deployed = target_cls.deployed_top1(cfg.target, run.model, data.at(res), recipe.batch_size)
+            try:
+                run = train_run(r.arch, data.at(res), epochs, seed, recipe)
+                deployed = target_cls.deployed_top1(cfg.target, run.model, data.at(res), recipe.batch_size)
+            except CandidateFailed as e:  # one seed's failure is recorded; the ranking goes on without it
+                failed[seed] = first_line(e)[:300]
+                study.set_user_attr(_key(r, epochs) + ":failed", {str(k): v for k, v in failed.items()})
+                log(f"  trial {r.number} ({r.label}) seed {seed}: FAILED ({failed[seed]}); left out of its mean")
+                continue
             top1[seed] = run.top1 if deployed is None else deployed
             study.set_user_attr(_key(r, epochs), {str(k): v for k, v in top1.items()})  # resumable, per seed
             log(f"  trial {r.number} ({r.label}) seed {seed}: top-1 {top1[seed]:.3f} ({run.train_seconds:.0f} s)")
-        rev = Reevaluation(r, epochs, res, top1)
+        if not top1:
+            log(f"  trial {r.number} ({r.label}): every seed failed; it leaves the ranking")
+            continue
+        rev = Reevaluation(r, epochs, res, top1, failed or None)
         out.append(rev)
         if r.run_id:
             tracker.log(r.run_id, {names.REEVAL_MEAN: rev.mean, names.REEVAL_STD: rev.std,

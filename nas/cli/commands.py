@@ -22,7 +22,7 @@ from nas.config import (
 )
 from nas.core import names
 from nas.core.errors import NasError, StudyNotFound, TargetError, first_line
-from nas.core.records import TrialRecord, pareto_front, record_of
+from nas.core.records import TrialRecord, pareto_front, record_of, state_counts
 from nas.core.stores import check_stores, study_storage_url
 from nas.data.datasets import load_dataset, train_resolution
 from nas.export.bundle import export_best
@@ -52,6 +52,7 @@ def search(cfg: SearchConfig) -> int:
                               "complete": sum(r.state == "complete" for r in summary.records),
                               "failed": sum(r.state == "failed" for r in summary.records),
                               "skipped": sum(r.state == "skipped" for r in summary.records),
+                              "duplicates": sum(r.state == "duplicate" for r in summary.records),
                               "mlflow_run_id": summary.parent_run_id,
                               "tracking_uri": tracking_uri(_wd(cfg), cfg.tracking.uri)}
     if summary.deferred:
@@ -232,9 +233,7 @@ def _export_json(result: Any) -> dict[str, Any]:
 def _table(records: list[TrialRecord], cfg: SearchConfig) -> str:
     front = {r.number for r in pareto_front(records)}
     done = sorted((r for r in records if r.state == "complete"), key=lambda r: r.latency_ms)
-    counts = {s: sum(r.state == s for r in records) for s in ("failed", "skipped")}
-    lines = [f"\n{len(records)} trials: {len(done)} complete, {counts['failed']} failed, {counts['skipped']} skipped "
-             "by the latency predictor",
+    lines = [f"\n{state_counts(records)}",
              f"{'trial':>5}  {'arch':<22} {str(cfg.target.statistic) + ' ms':>8} {'top-1':>6} {'epochs':>6} "
              f"{'px':>4} {'params':>10} {'MMACs':>7}  budget  pareto"]
     if any(r.latency is not None and r.latency.source == "predicted" for r in done):

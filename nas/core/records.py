@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from nas.core.workers import WORKER_DIED
 class TrialRecord:
     study: str
     number: int
-    state: str  # complete | failed | running | skipped
+    state: str  # complete | failed | running | waiting | skipped (by the latency predictor) | duplicate
     arch: Arch | None
     accuracy: float | None
     latency_ms: float | None  # the budget statistic
@@ -50,10 +51,13 @@ def record_of(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
     arch = Arch.from_dict(a[names.ARCH]) if names.ARCH in a else None
     lat = LatencyStats.from_dict(a[names.LATENCY]) if names.LATENCY in a else None
     complete = t.state == optuna.trial.TrialState.COMPLETE
+    state = _STATES.get(t.state, str(t.state))
+    if state == "skipped" and names.DUPLICATE_OF in a:  # pruned because the study already had the arch
+        state = "duplicate"
     return TrialRecord(
         study=study_name,
         number=t.number,
-        state=_STATES.get(t.state, str(t.state)),
+        state=state,
         arch=arch,
         accuracy=t.values[0] if complete and t.values else None,
         latency_ms=t.values[1] if complete and t.values else a.get(names.LATENCY_MS),
@@ -61,7 +65,8 @@ def record_of(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
         params=a.get(names.PARAMS),
         macs=a.get(names.MACS),
         run_id=a.get(names.RUN_ID),
-        reason=a.get(names.FAIL_REASON) or (WORKER_DIED if t.state == optuna.trial.TrialState.FAIL else None),
+        reason=a.get(names.FAIL_REASON) or (WORKER_DIED if t.state == optuna.trial.TrialState.FAIL else None)
+        or (f"duplicate of trial {a[names.DUPLICATE_OF]}" if state == "duplicate" else None),
         attrs=dict(a),
     )
 
@@ -83,6 +88,19 @@ def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
         if not dominated:
             front.append(r)
     return sorted(front, key=lambda r: r.latency_ms)
+
+
+STATE_ORDER = ("complete", "failed", "skipped", "duplicate", "running", "waiting")
+STATE_WORDS = {"skipped": "skipped by the latency predictor", "duplicate": "duplicates (not run again)",
+               "waiting": "queued, not run yet"}
+
+
+def state_counts(records: list[TrialRecord]) -> str:
+    """'N trials: a complete, b failed, ...': every state present, so that the parts add up to N."""
+    n = Counter(r.state for r in records)
+    order = [*STATE_ORDER, *sorted(s for s in n if s not in STATE_ORDER)]
+    parts = [f"{n[s]} {STATE_WORDS.get(s, s)}" for s in order if n[s] or s in ("complete", "failed")]
+    return f"{len(records)} trials: " + ", ".join(parts)
 
 
 def best_under_budget(records: list[TrialRecord], budget_ms: float) -> TrialRecord | None:

@@ -56,10 +56,24 @@ class TensorSplits:
             yield self.x_val[start:start + batch_size], self.y_val[start:start + batch_size]
 
     def calibration(self, n: int) -> np.ndarray:
-        return self.x_train[:n].numpy().astype(np.float32)
+        idx = balanced_sample(self.y_train.numpy(), n)
+        return self.x_train[torch.from_numpy(idx)].numpy().astype(np.float32)
 
     def validation_arrays(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.x_val[:limit].numpy().astype(np.float32), self.y_val[:limit].numpy()
+
+
+def balanced_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` positions of ``labels``, seeded, as even across classes as they allow (round-robin over classes
+    in a seeded order): int8 calibration must see every class, not the first folder's images."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    out: list[int] = []
+    for i in range(max((len(p) for p in per_class), default=0)):
+        out += [int(p[i]) for p in per_class if i < len(p)]
+        if len(out) >= n:
+            break
+    return np.array(sorted(out[:n]), dtype=np.int64)
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -225,7 +239,9 @@ class FolderSplits:
         yield from _reraise(self._loader(self.data.val_idx, self.val_tf, batch_size, False))
 
     def calibration(self, n: int) -> np.ndarray:
-        files = _Files([self.data.samples[i] for i in self.data.train_idx[:n]], self.val_tf)
+        labels = np.array([self.data.samples[i][1] for i in self.data.train_idx])
+        picked = self.data.train_idx[balanced_sample(labels, n)]
+        files = _Files([self.data.samples[i] for i in picked], self.val_tf)
         return torch.stack([files[i][0] for i in range(len(files))]).numpy()
 
     def validation_arrays(self, limit: int | None = 2000) -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,21 @@ def timm_snippet(record: TrialRecord, num_classes: int, timm: str) -> str:
     ])
 
 
+def swap_in(new: Path, out_dir: Path) -> None:
+    """Put the complete folder ``new`` at ``out_dir``, replacing the bundle there. Two exports to one budget take
+    turns (a lock beside the folder), and each moves the old bundle aside under a name of its own."""
+    from filelock import FileLock
+
+    with FileLock(out_dir.with_name(f".{out_dir.name}.lock")):
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{out_dir.name}-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(new, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(new, out_dir)
+
+
 def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, Any], num_classes: int,
                  out_dir: Path, command: list[str], accuracy: dict[str, Any]) -> ExportResult:
     """Write the bundle for ``record`` into ``out_dir``, replacing an older one only once complete. ``command``:
@@ -116,14 +131,7 @@ def write_bundle(cfg: SearchConfig, record: TrialRecord, fingerprint: dict[str, 
                 "accuracy": accuracy, names.TIMM_NAME: timm, **deployables}
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
         (tmp / "model_card.md").write_text(_card_md(card))
-        if out_dir.exists():
-            old = out_dir.with_name(f".old-{out_dir.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -304,7 +312,9 @@ def export_best(cfg: SearchConfig, records: list[TrialRecord], fingerprint: dict
                     "seeds": sorted(winner.top1), "epochs": winner.epochs, "train_resolution": winner.resolution,
                     "dataset": cfg.dataset.name, "rule": "best mean top-1; among candidates within one standard "
                     "error of it, the fastest", "tied": [t.to_dict() for t in tied],
-                    "candidates": [r.to_dict() for r in reevals]}
+                    "candidates": [r.to_dict() for r in reevals],
+                    **({"failed_seeds": {str(k): v for k, v in sorted(winner.failed.items())}}
+                       if winner.failed else {})}
         tracker.log(run_id, {"export_top1_mean": winner.mean, "export_top1_std": winner.std})
     else:
         record = choose(records, cfg.budget_ms, str(cfg.target.statistic))

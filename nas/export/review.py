@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from nas.core import names
-from nas.core.records import TrialRecord, pareto_front
+from nas.core.records import TrialRecord, pareto_front, state_counts
 
 FILTER_FRONT = f'tags.{names.PARETO} = "true"'
 FILTER_FEASIBLE = f'tags.{names.FEASIBLE} = "true"'
@@ -52,11 +52,10 @@ def latency_metric(records: list[TrialRecord], statistic: str) -> str:
 
 def study_note(study: str, experiment_id: str, records: list[TrialRecord], budget_ms: float, statistic: str,
                target: str, export_name: str) -> str:
-    states = {s: sum(r.state == s for r in records) for s in ("complete", "failed", "skipped")}
     front = pareto_front(records)
     feasible = sum(r.feasible(budget_ms) for r in records)
     lat = latency_metric(records, statistic)
-    counts = ", ".join(f"{n} {s}" for s, n in states.items() if n)
+    counts = state_counts(records).split(": ", 1)[1] if records else ""
     mine = f'tags.`{names.STUDY_TAG}` = "{study}" AND '
     link = runs_link(experiment_id, mine + FILTER_FRONT)
     return f"""**Study `{study}`**: {len(records)} trial(s) ({counts or 'none finished'}), budget **{budget_ms:g} ms

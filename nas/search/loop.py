@@ -107,8 +107,26 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
             callbacks.append(optuna.study.MaxTrialsCallback(cfg.study.max_trials, states=COUNTED))
 
         def optimize(n: int, timeout: float | None) -> None:
-            study.optimize(lambda trial: objective(trial, ctx), n_trials=n, timeout=timeout,
-                           catch=CANDIDATE_FAILURES, callbacks=callbacks, gc_after_trial=False)
+            """``n`` trials that are not duplicates: a proposal the study already has is recorded as such (not
+            measured) and replaced by another, up to a bound in case the space is nearly exhausted."""
+            deadline = None if timeout is None else time.monotonic() + timeout
+            spare = max(8, 2 * n)  # replacements allowed for duplicates
+            while n > 0:
+                before = len(study.trials)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                study.optimize(lambda trial: objective(trial, ctx), n_trials=n, timeout=left,
+                               catch=CANDIDATE_FAILURES, callbacks=callbacks, gc_after_trial=False)
+                n = sum(1 for t in study.get_trials(deepcopy=False)[before:] if names.DUPLICATE_OF in t.user_attrs
+                        and (t.user_attrs.get(names.WORKER) or {}).get("pid") == os.getpid())
+                if n > spare:
+                    log(f"the sampler keeps proposing archs the study already has ({n} more): the space looks "
+                        "nearly exhausted; stopping this run")
+                    return
+                spare -= n
+                if study_full(study, cfg.study.max_trials):
+                    return
 
         try:
             if study_full(study, cfg.study.max_trials):

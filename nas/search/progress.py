@@ -21,12 +21,14 @@ class Progress:
         self.t0 = time.perf_counter()
 
     def __call__(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        self.i += 1
         r = record_of(study.study_name, frozen)
+        self.i += r.state != "duplicate"  # a duplicate does not use up study.n_trials: another is proposed
         arch = r.arch.summary(r.attrs.get(names.REFERENCE)) if r.arch else ""
-        head = f"[{self.i:>3}/{self.n}] trial {r.number:>3} {arch}"
+        head = f"[{'dup' if r.state == 'duplicate' else self.i:>3}/{self.n}] trial {r.number:>3} {arch}"
         stat = str(self.cfg.target.statistic)
-        if r.state == "skipped":
+        if r.state == "duplicate":
+            body = f"{r.reason}: not measured again; the sampler proposes another"
+        elif r.state == "skipped":
             mean, std = r.attrs.get(names.PREDICTED_MS, 0.0), r.attrs.get(names.PREDICTED_STD_MS, 0.0)
             body = f"skipped: predicted {mean:.2f} ± {std:.2f} ms, surely over budget"
         elif r.state == "complete":
