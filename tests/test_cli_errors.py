@@ -112,3 +112,23 @@ def test_reading_the_configuration_loads_no_torch_timm_or_mlflow(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_refuses_to_merge_studies_of_different_set_ups(tmp_path):
+    """Two studies under one prefix (two budgets) measured on different machines' set-ups are not one front; the
+    export says so in one line, writes nothing, and names the way out (study.name=)."""
+    import optuna
+
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    storage = f"sqlite:///{wd / 'optuna.db'}"
+    for budget, threads in ((10, 1), (8, 2)):
+        s = optuna.create_study(study_name=f"cpu-mbconv-imagenet-{budget}ms", storage=storage,
+                                directions=["maximize", "minimize"])
+        s.set_user_attr("fingerprint", {"device": "cpu", "threads": threads})
+        s.set_user_attr("num_classes", 1000)
+    res = run_nas("export", f"workdir={wd}", "budget_ms=9", cwd=tmp_path)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "different set-ups" in lines[0] and "study.name=" in lines[0], res.stderr
+    assert not (wd / "exports").exists()

@@ -167,3 +167,9 @@ def test_duplicates_are_named_and_do_not_use_up_the_trials(tmp_path):
     assert "surely over budget" not in res.stdout + res.stderr
     assert f"{4 + out['duplicates']} trials: 4 complete, 0 failed, {out['duplicates']} duplicates" in \
         res.stdout + res.stderr
+    # The MLflow line: a UI command with the port its link uses, and a link filtered to this study's front.
+    from urllib.parse import unquote_plus
+
+    ui = next(ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("MLflow UI:"))
+    assert "ui --port 5000 --backend-store-uri" in ui and "http://127.0.0.1:5000/" in ui
+    assert f'tags.`nas.study` = "{out["study"]}" AND tags.pareto = "true"' in unquote_plus(ui)

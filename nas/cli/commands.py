@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from nas.config import (
 from nas.core import names
 from nas.core.errors import NasError, StudyNotFound, TargetError, first_line
 from nas.core.records import TrialRecord, pareto_front, record_of, state_counts
-from nas.core.stores import check_stores, study_storage_url
+from nas.core.stores import check_stores, setup_lock, study_storage_url
 from nas.data.datasets import load_dataset, train_resolution
 from nas.export.bundle import export_best
 from nas.export.review import FILTER_FRONT, runs_link
@@ -37,6 +38,8 @@ from nas.search.loop import make_recipe, run_search
 from nas.search.study import open_storage, study_prefix
 from nas.search_spaces.arch_spec import load_arch
 from nas.tracking.client import Tracker, tracking_uri
+
+MLFLOW_PORT = 5000  # the port the printed `mlflow ui` command and its link share
 
 
 def search(cfg: SearchConfig) -> int:
@@ -67,9 +70,12 @@ def search(cfg: SearchConfig) -> int:
         code = code or 1
     uri = tracking_uri(_wd(cfg), cfg.tracking.uri)
     # The link names the model-training view: MLflow 3.17 opens a fresh browser on its GenAI overview otherwise.
-    front = runs_link(summary.experiment_id, FILTER_FRONT)
-    say(f"MLflow UI, the Pareto front: {uri.rstrip('/')}/{front}" if uri.startswith("http") else
-        f"MLflow UI: mlflow ui --backend-store-uri {uri}, then the Pareto front: http://127.0.0.1:5000/{front}")
+    # Filtered to this study: an experiment holds every study (budget) of the workdir.
+    front = runs_link(summary.experiment_id, f'tags.`{names.STUDY_TAG}` = "{summary.study}" AND {FILTER_FRONT}')
+    mlflow = Path(sys.executable).with_name("mlflow")  # the venv's, which a fresh shell may not have on its PATH
+    say(f"MLflow UI, this study's Pareto front: {uri.rstrip('/')}/{front}" if uri.startswith("http") else
+        f"MLflow UI: {mlflow if mlflow.exists() else 'mlflow'} ui --port {MLFLOW_PORT} --backend-store-uri {uri}"
+        f", then this study's Pareto front: http://127.0.0.1:{MLFLOW_PORT}/{front}")
     if cfg.format == "json":
         print(json.dumps(result))
     return code
@@ -87,27 +93,26 @@ def export(cfg: SearchConfig) -> int:
     wanted = [n for n in wanted if n in stored]
     if not wanted:
         raise StudyNotFound(f"no study for {study_prefix(cfg)} in {workdir} (studies there: {stored or 'none'})")
-    records: list[TrialRecord] = []
-    facts: dict[str, Any] = {}
     studies = {n: optuna.load_study(study_name=n, storage=storage) for n in wanted}
-    for n, study in studies.items():
-        facts = facts or study.user_attrs
-        records += [record_of(n, t) for t in study.trials]
+    facts = _one_setup(studies)
+    records: list[TrialRecord] = [record_of(n, t) for n, study in studies.items() for t in study.trials]
     tracker = Tracker(workdir, cfg.study.experiment, cfg.tracking.uri)
     best_study = max(wanted, key=lambda n: sum(r.study == n for r in records))
     run_id = tracker.find_study_run(best_study) or tracker.study_run(best_study, {})
     cfg.check_accuracy_keys()
     reevals = []
-    # Stored re-evaluations are reused, missing ones run.
-    if cfg.trains and cfg.study.reeval_top_k and ranked(records, cfg.budget_ms):
-        largest = max(train_resolution(r, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
-                      for r in cfg.search_space.resolution)
-        reevals = reevaluate(cfg, studies, records, load_dataset(cfg.dataset, largest),
-                             targets.get(cfg.target.backend).factory, make_recipe(cfg), tracker, say)
-    result = export_best(cfg, records, facts.get(names.STUDY_FINGERPRINT, {}),
-                         int(facts.get(names.STUDY_NUM_CLASSES, 10)), tracker, run_id,
-                         list(facts.get(names.STUDY_COMMAND, [])), reevals,
-                         None if cfg.trains else ImageNetAccuracy(cfg.accuracy.model))
+    # The set-up lock `nas search` holds while it re-evaluates and exports: a search finishing beside this export
+    # would otherwise write the same per-seed study attributes, and the last writer would drop the other's seeds.
+    with setup_lock(study_storage_url(cfg.study.storage, workdir), workdir):
+        # Stored re-evaluations are reused, missing ones run.
+        if cfg.trains and cfg.study.reeval_top_k and ranked(records, cfg.budget_ms):
+            largest = max(train_resolution(r, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
+                          for r in cfg.search_space.resolution)
+            reevals = reevaluate(cfg, studies, records, load_dataset(cfg.dataset, largest),
+                                 targets.get(cfg.target.backend).factory, make_recipe(cfg), tracker, say)
+        result = export_best(cfg, records, facts[names.STUDY_FINGERPRINT], int(facts[names.STUDY_NUM_CLASSES]),
+                             tracker, run_id, list(facts.get(names.STUDY_COMMAND, [])), reevals,
+                             None if cfg.trains else ImageNetAccuracy(cfg.accuracy.model))
     say(f"budget {cfg.budget_ms:g} ms ({cfg.target.statistic}): trial {result.trial.number} of {result.trial.study} "
         f"({result.trial.label}), {result.trial.latency_ms:.2f} ms, top-1 {_top1(result)} -> {result.path}")
     if cfg.format == "json":
@@ -204,6 +209,24 @@ def agent(cfg: AgentConfig) -> int:
 
     serve(cfg)
     return 0
+
+
+def _one_setup(studies: dict[str, optuna.Study]) -> dict[str, Any]:
+    """The stored set-up (fingerprint, classes) the studies share: studies measured on different set-ups, or one
+    that never recorded its set-up, are not merged into one front (their latencies are not comparable)."""
+    setups: dict[str, list[str]] = {}
+    for n, study in studies.items():
+        a = study.user_attrs
+        if names.STUDY_FINGERPRINT not in a or names.STUDY_NUM_CLASSES not in a:
+            raise StudyNotFound(f"study {n} does not record its set-up (target fingerprint and number of classes): "
+                                "run `nas search` on it once more, or name another with study.name=")
+        key = json.dumps([a[names.STUDY_FINGERPRINT], a[names.STUDY_NUM_CLASSES]], sort_keys=True)
+        setups.setdefault(key, []).append(n)
+    if len(setups) > 1:
+        groups = "; ".join(", ".join(ns) for ns in setups.values())
+        raise StudyNotFound(f"these studies were measured on different set-ups and cannot share one front ({groups}):"
+                            " choose one with study.name=NAME")
+    return next(iter(studies.values())).user_attrs
 
 
 def _top1(result: Any) -> str:
