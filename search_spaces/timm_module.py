@@ -20,6 +20,18 @@ def timm_name(target: str, budget_ms: float) -> str:
     return re.sub(r"\W", "_", f"nas_{target}_{budget_ms:g}ms".replace(".", "p"))
 
 
+# The data pipeline the registered model declares (timm's default_cfg: what train.py and validate.py use), and
+# the model card states: ImageNet's statistics, timm's EfficientNet evaluation recipe.
+PREPROCESSING = {"interpolation": "bicubic", "crop_pct": 0.875, "mean": (0.485, 0.456, 0.406),
+                 "std": (0.229, 0.224, 0.225)}
+
+
+def preprocessing(arch: Arch) -> dict[str, object]:
+    """The preprocessing the exported model expects: input size (the deployment resolution) and PREPROCESSING."""
+    return {"input_size": [3, arch.resolution, arch.resolution], **{k: list(v) if isinstance(v, tuple) else v
+                                                                    for k, v in PREPROCESSING.items()}}
+
+
 def module_source(arch: Arch, num_classes: int, name: str, about: str) -> str:
     """The module's text: it registers ``name`` (timm's ``register_model`` takes the entry point's ``__name__``)
     with a pretrained config at the deployment resolution, so timm's data pipeline uses that input size."""
@@ -74,7 +86,8 @@ NUM_CLASSES = {num_classes}
 # Read by timm's register_model: input size and normalisation for timm's data pipeline (train.py, validate.py).
 default_cfgs = {{NAME: dict(
     url="", num_classes=NUM_CLASSES, input_size=(3, RESOLUTION, RESOLUTION), pool_size=({pool}, {pool}),
-    crop_pct=0.875, interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    crop_pct={PREPROCESSING["crop_pct"]}, interpolation={PREPROCESSING["interpolation"]!r},
+    mean={PREPROCESSING["mean"]}, std={PREPROCESSING["std"]},
     first_conv="conv_stem", classifier="classifier")}}
 
 

@@ -133,13 +133,20 @@ def test_the_bundle_registers_a_timm_name_without_nas(searched, tmp_path):
     code = ("import sys; sys.modules['nas'] = None\n"
             "import json, timm, timm_register\n"
             f"m = timm.create_model({TIMM!r}, num_classes=7)\n"
-            f"print(json.dumps([repr(m), m.pretrained_cfg['input_size'], {TIMM!r} in timm.list_models('nas_*')]))")
+            "cfg = m.pretrained_cfg\n"
+            f"print(json.dumps([repr(m), cfg['input_size'], {TIMM!r} in timm.list_models('nas_*'), "
+            "[cfg['interpolation'], cfg['crop_pct'], list(cfg['mean']), list(cfg['std'])]]))")
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(bundle), "PYTHONNOUSERSITE": "1"}
     res = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    model_repr, input_size, listed = json.loads(res.stdout.strip().splitlines()[-1])
+    model_repr, input_size, listed, pre = json.loads(res.stdout.strip().splitlines()[-1])
     assert model_repr == repr(build_model(arch, 7)) and input_size == [3, 64, 64] and listed
+    # The card's preprocessing for the training team is what timm's pipeline will use for the registered name.
+    card = json.loads((bundle / "model_card.json").read_text())["preprocessing"]
+    assert pre == [card["interpolation"], card["crop_pct"], card["mean"], card["std"]]
+    assert card["input_size"] == input_size
+    assert "## Preprocessing" in (bundle / "model_card.md").read_text()
 
 
 def test_timm_train_py_runs_through_the_bundle_module(searched, tmp_path):

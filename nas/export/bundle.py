@@ -25,7 +25,7 @@ from nas.latency.onnx_export import export_onnx
 from nas.latency.runtimes import card_runtimes, card_runtimes_md
 from nas.latency.targets.base import targets
 from nas.search_spaces.build import build_model
-from nas.search_spaces.timm_module import module_source, timm_name
+from nas.search_spaces.timm_module import module_source, preprocessing, timm_name
 from nas.tracking.client import Tracker
 
 
@@ -183,6 +183,7 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "arch_hash": r.arch.hash,
         "timm_block_strings": r.arch.block_strings(),
         "build": timm_snippet(r, num_classes, timm_name(cfg.target.name, cfg.budget_ms)),
+        "preprocessing": preprocessing(r.arch),
         "reproduce": reproduce_command(command),
         "weights": "model.onnx carries seeded random weights: it is the architecture at the deployment shape, "
                    "to be trained by the training team" + deploy_note,
@@ -218,6 +219,16 @@ def _accuracy_md(a: dict[str, Any]) -> str:
     tied = [t["label"] for t in a.get("tied", []) if t["mean"] != a["mean"]]
     return (f"{a['mean']:.4f} ± {a['std']:.4f} (mean ± std over seeds {a['seeds']}, {where})"
             + (f"; tied within one standard error with {', '.join(tied)}: the faster was chosen" if tied else ""))
+
+
+def _preprocessing_md(c: dict[str, Any]) -> str:
+    p = c.get("preprocessing")
+    if not p:
+        return "not recorded (an older bundle)"
+    return (f"Input {p['input_size'][1]}x{p['input_size'][2]} RGB; resize with {p['interpolation']} interpolation to "
+            f"{p['input_size'][1]} / {p['crop_pct']} and centre-crop (evaluation); normalise with mean "
+            f"{tuple(p['mean'])} and std {tuple(p['std'])} (ImageNet's). `timm_register.py` declares the same in the "
+            "model's timm config, so timm's `train.py` and `validate.py` use it.")
 
 
 def _card_md(c: dict[str, Any]) -> str:
@@ -263,6 +274,10 @@ Latency is **{c['latency_source']}** on target `{c['target']}`; accuracy: {c['ac
 ```python
 {c['build']}
 ```
+
+## Preprocessing
+
+{_preprocessing_md(c)}
 
 ## Reproduce the search
 
