@@ -79,7 +79,7 @@ def test_an_unknown_plugin_is_one_line(tmp_path, monkeypatch):
 
 def test_the_agent_serves_a_plugin_backend_from_the_registry(plugin_env):
     """The agent's runtimes come from the registry (``agent_runtime``): a new backend needs no edit to the agent."""
-    code = ("from nas.core.registry import load_plugins; load_plugins(); from nas.agent.server import agent_runtimes; "
+    code = ("from nas import builtins; builtins.register(); from nas.agent.server import agent_runtimes; "
             "print(agent_runtimes()); print(agent_runtimes(installed_only=True))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=plugin_env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

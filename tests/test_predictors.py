@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from nas.core.records import record_of
 from nas.latency.block_latency import arch_parts
 from nas.latency.onnx_export import export_onnx, graph_stats
 from nas.predictors.base import PredictorError, load_predictor, save_predictor
@@ -150,8 +151,13 @@ def test_search_uses_the_fitted_predictor_to_skip_candidates_over_budget(tmp_pat
     assert res.returncode == 1  # nothing can meet 0.01 ms
     assert "no trial meets budget_ms=0.01" in res.stderr.strip().splitlines()[-1]
     study = optuna.load_study(study_name="cpu-mbconv-digits-0.01ms", storage=f"sqlite:///{wd / 'optuna.db'}")
-    skipped = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    skipped = [t for t in study.trials if "skipped" in t.user_attrs]
     assert skipped, res.stdout
+    # COMPLETE (NSGA-II, the default sampler, reads completed trials only) at the predicted latency, with the
+    # latency constraint violated: that is what steers the sampler away from the region.
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in skipped)
+    assert all(t.values[1] == t.user_attrs["predicted_ms"] and max(t.constraints.values()) > 0 for t in skipped)
+    assert all(record_of(study.study_name, t).state == "skipped" for t in skipped)
     assert all(t.user_attrs["predicted_ms"] - 2 * t.user_attrs["predicted_std_ms"] > 0.01 for t in skipped)
     assert all(not t.user_attrs.get("reference") for t in skipped)  # references are always measured
     assert "skipped" in res.stdout and "saved" in res.stdout

@@ -14,6 +14,7 @@ WORKER = "worker"  # host, PID and start time of the process running the trial
 RUN_ID = "mlflow_run_id"
 TRAIN_RESOLUTION = "train_resolution"
 PREDICTED_MS = "predicted_ms"  # the latency predictor's (or the analytic model's) mean
+SKIPPED = "skipped"  # surely over budget by the predictor: COMPLETE in Optuna (so NSGA-II sees it), not measured
 PREDICTED_STD_MS = "predicted_std_ms"
 LATENCY = "latency"  # LatencyStats as a dict
 LATENCY_MS = "latency_ms"  # the budget statistic

@@ -50,10 +50,12 @@ def record_of(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
     a = t.user_attrs
     arch = Arch.from_dict(a[names.ARCH]) if names.ARCH in a else None
     lat = LatencyStats.from_dict(a[names.LATENCY]) if names.LATENCY in a else None
-    complete = t.state == optuna.trial.TrialState.COMPLETE
     state = _STATES.get(t.state, str(t.state))
     if state == "skipped" and names.DUPLICATE_OF in a:  # pruned because the study already had the arch
         state = "duplicate"
+    if state == "complete" and names.SKIPPED in a:  # completed at its predicted latency only to steer NSGA-II
+        state = "skipped"
+    complete = state == "complete"
     return TrialRecord(
         study=study_name,
         number=t.number,

@@ -1,7 +1,9 @@
 """One trial as a short pipeline of steps: start, predict, measure, train, record.
 
 Each step returns a value. ``objective`` is the one place that turns a candidate's failure into a trial state,
-as Optuna's own ``_run_trial`` does: a ``Skip`` becomes PRUNED (recorded as skipped), a ``CandidateFailed``
+as Optuna's own ``_run_trial`` does: a ``Skip`` becomes a COMPLETE trial at its predicted latency with a violated
+constraint and the ``skipped`` mark (NSGA-II reads completed trials only: that is how a skip steers it; records
+read it back as skipped), a duplicate becomes PRUNED, a ``CandidateFailed``
 FAIL with its reason while the study goes on, Ctrl-C FAIL with ``interrupted``; anything else is recorded and
 stops the study (a ``NasError`` as one line, a bug as its traceback).
 """
@@ -104,7 +106,9 @@ def objective(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float]:
     except Skip as s:
         status = "FINISHED"
         _record_skip(cand, ctx, s)
-        raise optuna.TrialPruned(f"{s}: budget {ctx.cfg.budget_ms:g} ms") from None
+        # No accuracy was estimated (0.0, the worst): with its constraint violated NSGA-II ranks it below every
+        # candidate within budget, and by how far over budget it is predicted, which is what steers it away.
+        return 0.0, s.mean_ms
     except KeyboardInterrupt:
         status = "KILLED"
         trial.set_user_attr(names.FAIL_REASON, "interrupted")
@@ -302,6 +306,7 @@ def record(cand: Candidate, ctx: TrialContext, lat: ArchLatency, acc: Fidelity) 
 def _record_skip(cand: Candidate, ctx: TrialContext, s: Skip) -> None:
     ctx.gate.stats.skipped += 1
     cand.trial.set_constraint(names.CONSTRAINT, s.mean_ms - ctx.cfg.budget_ms)  # the samplers steer away from it
+    cand.trial.set_user_attr(names.SKIPPED, f"{s}: budget {ctx.cfg.budget_ms:g} ms")
     ctx.tracker.log(cand.run_id, {s.metric: s.mean_ms, names.PREDICTED_STD_METRIC: s.std_ms},
                     tags={names.STATE: "skipped", names.LATENCY_SOURCE: "predicted", names.FEASIBLE: "false",
                           names.PARETO: "false"})
