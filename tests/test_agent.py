@@ -1,5 +1,6 @@
 """A real `nas agent` on loopback: measurements, the security rules, serialisation, a remote search."""
 
+import json
 import os
 import subprocess
 import threading
@@ -144,7 +145,12 @@ def test_search_through_the_agent(agent, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     study = optuna.load_study(study_name="remote-mbconv-digits-1000ms", storage=f"sqlite:///{wd / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert (wd / "exports" / "remote-1000ms" / "model_card.json").exists()
+    card = json.loads((wd / "exports" / "remote-1000ms" / "model_card.json").read_text())
+    exported = next(t for t in study.trials if t.number == card["trial"])
+    # The exported latency is the one the agent measured for that trial, labelled measured, on the agent's set-up.
+    assert card["latency_source"] == "measured" and card["target"] == "remote"
+    assert card["latency_ms"]["p90"] == pytest.approx(exported.values[1]) and card["latency_ms"]["n"] > 0
+    assert card["fingerprint"] == study.user_attrs["fingerprint"]
 
 
 def test_invalid_onnx_check(tmp_path):

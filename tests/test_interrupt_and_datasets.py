@@ -1,5 +1,6 @@
 """Ctrl-C keeps finished trials; the imagefolder dataset loads a class-per-folder tree."""
 
+import json
 import os
 import signal
 import subprocess
@@ -92,4 +93,7 @@ def test_search_on_an_imagefolder(tmp_path):
                   f"workdir={wd}", "study.n_trials=1", "search_space.enqueue_references=false", "budget_ms=1000",
                   *[o for o in FAST if not o.startswith("dataset.")])
     assert res.returncode == 0, res.stderr[-2000:]
-    assert (wd / "exports" / "cpu-1000ms" / "model_card.json").exists()
+    card = json.loads((wd / "exports" / "cpu-1000ms" / "model_card.json").read_text())
+    # Trained on the folder's two classes, at the proxy's resolution, and the card says so.
+    assert card["num_classes"] == 2 and card["accuracy_dataset"].startswith("imagefolder at 16px")
+    assert card["train_resolution"] == 16

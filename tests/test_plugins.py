@@ -1,5 +1,6 @@
 """A new target, added through the public registry from outside the package, runs `nas measure` and `nas search`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def test_a_plugin_target_drives_a_search(plugin_env):
     assert res.returncode == 0, res.stderr[-2000:]
     out = last_json(res.stdout)
     assert out["complete"] == 1 and out["study"] == "toy-mbconv-digits-1000ms"
-    assert (wd / "exports" / "toy-1000ms" / "model_card.json").exists()
+    card = json.loads((wd / "exports" / "toy-1000ms" / "model_card.json").read_text())
+    assert card["target"] == "toy" and card["fingerprint"]["device"] == "toy device"  # the plugin's own set-up
 
 
 def test_an_unknown_plugin_is_one_line(tmp_path, monkeypatch):
