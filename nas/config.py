@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -36,6 +37,7 @@ class Precision(StrEnum):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
+    bf16 = "bf16"  # target=openvino on CPUs with AVX512-BF16 or AMX: the model stays fp32, the runtime computes bf16
 
 
 class Scope(StrEnum):
@@ -88,6 +90,9 @@ class TargetConfig:
     # A fixed probe workload timed before and after each measurement; a speed change beyond this fraction means
     # the machine drifted during it, and it is measured again (0: no probe).
     drift_tolerance: float = 0.05
+    # Before each round: wait up to this long for the other processes' runnable threads and ours to fit the cores;
+    # past it the measurement is refused (an oversubscribed CPU times the scheduler, not the model).
+    busy_wait_s: float = 60.0
     statistic: Statistic = Statistic.p90
     precision: Precision = Precision.fp32
     exporter: Exporter = Exporter.legacy
@@ -95,7 +100,12 @@ class TargetConfig:
     scope: Scope = Scope.model
     source_size: list[int] = field(default_factory=lambda: [480, 640])  # pipeline: the JPEG's height, width
 
+    BF16: ClassVar[bool] = False  # whether the backend runs precision=bf16 (OpenVINO does)
+
     def __post_init__(self) -> None:
+        require(self.precision != Precision.bf16 or self.BF16,
+                f"target.precision=bf16: target {self.name} does not run bf16; target=openvino does (on CPUs with "
+                "AVX512-BF16 or AMX)")
         require(self.threads >= 1, f"target.threads={self.threads} must be >= 1")
         require(self.warmup >= 0, f"target.warmup={self.warmup} must be >= 0")
         require(self.repeats >= 5, f"target.repeats={self.repeats} must be >= 5 for percentiles to mean anything")
@@ -105,6 +115,7 @@ class TargetConfig:
         require(self.max_rounds >= self.rounds, f"target.max_rounds={self.max_rounds} must be >= target.rounds")
         require(self.time_limit_s > 0, f"target.time_limit_s={self.time_limit_s} must be > 0")
         require(self.drift_tolerance >= 0, f"target.drift_tolerance={self.drift_tolerance} must be >= 0")
+        require(self.busy_wait_s >= 0, f"target.busy_wait_s={self.busy_wait_s} must be >= 0")
         require(len(self.input_shape) == 4 and all(d >= 1 for d in self.input_shape),
                 f"target.input_shape={list(self.input_shape)} must be [batch, channels, height, width]")
         require(len(self.source_size) == 2 and all(8 <= d <= 8192 for d in self.source_size),
@@ -300,6 +311,9 @@ class PredictorSearchConfig:
     z: float = 2.0  # skip when predicted - z * std > budget
     min_fit: int = 8  # measurements before an online predictor is fitted
     refit_every: int = 4  # new measurements between refits
+    # Median |relative error| of the last 3 predictions (then measured) beyond which the predictor is not used to
+    # skip: a quiet machine's repeat floor is a few percent, a predictor fitted beside other work is off by 300%.
+    max_error: float = 0.5
 
     def __post_init__(self) -> None:
         from nas.core.registry import predictors
@@ -308,6 +322,7 @@ class PredictorSearchConfig:
         require(self.z >= 0, f"predictor.z={self.z} must be >= 0")
         require(self.min_fit >= 3, f"predictor.min_fit={self.min_fit} must be >= 3")
         require(self.refit_every >= 1, f"predictor.refit_every={self.refit_every} must be >= 1")
+        require(self.max_error > 0, f"predictor.max_error={self.max_error} must be > 0")
 
 
 @dataclass

@@ -101,3 +101,32 @@ def test_tail_percentiles_pool_the_rounds_rather_than_take_each_rounds_maximum()
     assert s.n == 1000
     lo, hi = s.ci["p99"]
     assert lo <= s.p99 <= hi and lo < true_p99 < hi * 1.05
+
+
+def test_a_measurement_on_an_oversubscribed_cpu_is_refused_in_one_line(tmp_path):
+    """With every core taken by other processes, a latency would time the scheduler: `nas measure` waits up to
+    target.busy_wait_s for the CPU, then refuses in one line and records nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import run_nas
+
+    cores = len(os.sched_getaffinity(0))
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        res = run_nas("measure", "arch=mobilenetv3_small_100", "target.input_shape=[1,3,64,64]",
+                      "target.busy_wait_s=2", f"workdir={tmp_path}", cwd=tmp_path)
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the CPU is oversubscribed" in lines[0] and "target.busy_wait_s" in lines[0], res.stderr
+    import sqlite3
+
+    db = tmp_path / "measurements.db"
+    if db.exists():  # nothing recorded
+        with sqlite3.connect(db) as con:
+            assert con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 0

@@ -88,6 +88,37 @@ def test_int8_is_nncf_quantized_and_its_accuracy_is_the_quantized_models(tmp_pat
 
 @needs_openvino
 @pytest.mark.isolated
+def test_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(tmp_path, arch64):
+    """target.precision=bf16: OpenVINO computes in bf16 (the hint it applied is in the fingerprint); a CPU without
+    it, or a target that cannot, says so in one line."""
+    import openvino as ov
+
+    res = run_nas("measure", f"arch={arch64}", "target=openvino", "target.precision=bf16", "num_classes=10",
+                  f"workdir={tmp_path}", "format=json", *SMALL)
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert res.returncode == 0, res.stderr[-2000:]
+        fp = last_json(res.stdout)["fingerprint"]
+        assert fp["hints"]["INFERENCE_PRECISION_HINT"] == "bf16" and fp["precision"] == "bf16"
+    else:
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode != 0 and len(lines) == 1 and "does not run bf16" in lines[0]
+    cpu = run_nas("measure", f"arch={arch64}", "target=cpu", "target.precision=bf16", f"workdir={tmp_path}")
+    assert cpu.returncode == 2 and "target cpu does not run bf16" in cpu.stderr.strip().splitlines()[0]
+
+
+def test_the_card_runtime_list_names_each_runtimes_precision():
+    from nas.latency.runtimes import applied_precision, card_runtimes_md
+
+    assert applied_precision({"hints": {"INFERENCE_PRECISION_HINT": "bf16"}}, "bf16") == "bf16"
+    assert applied_precision({"hints": {"INFERENCE_PRECISION_HINT": "f32"}}, "int8") == "int8"
+    assert applied_precision({"runtime": "onnxruntime 1.23"}, "fp32") == "fp32"
+    md = card_runtimes_md({"statistic": "p90", "fastest": "openvino", "unavailable": {}, "measured": {
+        "openvino": {"runtime": "openvino 2026.4", "precision": "bf16", "p90": 2.75}}})
+    assert "openvino (openvino 2026.4, bf16) 2.750 ms" in md
+
+
+@needs_openvino
+@pytest.mark.isolated
 def test_fp16_where_the_device_lacks_it_is_one_line():
     import openvino as ov
 

@@ -164,3 +164,32 @@ def test_search_uses_the_fitted_predictor_to_skip_candidates_over_budget(tmp_pat
     assert all(t.user_attrs["predicted_ms"] - 2 * t.user_attrs["predicted_std_ms"] > 0.01 for t in skipped)
     assert all(not t.user_attrs.get("reference") for t in skipped)  # references are always measured
     assert "skipped" in res.stdout and "saved" in res.stdout
+
+
+def test_a_predictor_that_disagrees_with_the_measurements_is_not_used_to_skip(tmp_path):
+    """A predictor fitted beside other work (every latency 10x too slow here) would skip good candidates as
+    "surely over budget". After three predictions that the measurements contradict, it skips nothing; the
+    summary says why."""
+    from nas.config import PredictorSearchConfig
+    from nas.latency.cache import MeasurementCache
+    from nas.latency.gate import PredictorGate
+    from nas.latency.targets import make_target
+    from nas.latency.targets.ort import OrtConfig
+    from nas.search_spaces.factorized import make_space as space_of
+
+    with initialize_config_module(config_module="nas.conf", version_base=None):
+        cfg = OmegaConf.to_object(compose("search", ["search_space.resolution=[64]"]))
+    archs = sample_stratified(space_of(cfg.search_space), 12, seed=0)
+    quiet = np.array([a.width * a.resolution / 40 for a in archs])  # a stand-in "quiet machine" latency, ms
+    target = make_target(OrtConfig(input_shape=[1, 3, 64, 64]))
+    path = tmp_path / "p.json"
+    save_predictor(KernelSumPredictor(num_classes=10).fit(archs, 10 * quiet), path, target.fingerprint(), 10)
+    gate = PredictorGate(PredictorSearchConfig(), "p90", float(np.median(quiet)) * 2, target,
+                         MeasurementCache(tmp_path / "m.db"), 10, path)
+    assert gate.source.startswith("fitted")
+    preds = [gate.predict(a) for a in archs]
+    assert any(p.skip for p in preds)  # the poisoned predictor would skip candidates the budget admits
+    for p, q in list(zip(preds, quiet, strict=True))[:3]:
+        gate.observe(p, float(q), cached=True)  # what this machine measures now
+    assert not any(gate.predict(a).skip for a in archs)
+    assert "disagrees with this machine's measurements" in gate.summary()

@@ -54,6 +54,7 @@ class PriorCorrection:
 class GateStats:
     skipped: int = 0
     abs_rel_errors: list[float] = field(default_factory=list)  # of predictions later measured
+    distrusted: int = 0  # times the predictor disagreed with the measurements and stopped skipping
 
 
 class PredictorGate:
@@ -69,6 +70,8 @@ class PredictorGate:
         self.new_measurements = 0
         self.stats = GateStats()
         self.note = ""  # said once by the search: why a fitted predictor file was not used
+        self.since_fit: list[float] = []  # |relative error| of the current predictor's predictions, measured since
+        self.distrust = ""  # set while those errors are beyond predictor.max_error: no skipping until they recover
         # A target that predicts its own latencies needs no gate; one with an analytic prior (an Edge TPU
         # attached) gates with the prior, corrected by what the device measures.
         self.active = cfg.enabled and not target.predicted
@@ -110,6 +113,7 @@ class PredictorGate:
         u = np.array([s.rel_halfwidth(self.statistic) for s in stats])
         self.predictor = KernelSumPredictor(num_classes=self.num_classes).fit(archs, y, u)
         self.source, self.n_fit = f"online ({len(archs)} measurements)", len(archs)
+        self.since_fit = []
 
     def predict(self, arch: Arch, protect: bool = False) -> Prediction | None:
         if not self.active:
@@ -121,11 +125,14 @@ class PredictorGate:
             return None
         mean, std = self.predictor.predict([arch])
         m, s = float(mean[0]), float(std[0])
-        return Prediction(m, s, skip=not protect and m - self.cfg.z * s > self.budget_ms)
+        return Prediction(m, s, skip=not protect and not self.distrust and m - self.cfg.z * s > self.budget_ms)
 
     def observe(self, prediction: Prediction | None, measured_ms: float, cached: bool) -> None:
         if prediction is not None:
-            self.stats.abs_rel_errors.append(abs(prediction.mean_ms - measured_ms) / measured_ms)
+            err = abs(prediction.mean_ms - measured_ms) / measured_ms
+            self.stats.abs_rel_errors.append(err)
+            self.since_fit.append(err)
+            self._check_trust()
         if not cached and self.active:
             self.new_measurements += 1
             if self.prior is not None:
@@ -133,10 +140,28 @@ class PredictorGate:
             elif self.new_measurements % self.cfg.refit_every == 0 or self.predictor is None:
                 self.refit()
 
+    def _check_trust(self) -> None:
+        """A predictor whose predictions disagree with what this machine measures now (fitted on another day, or
+        beside other work that inflated its data) is not used to skip: only measuring can tell a candidate is over
+        budget then. Judged on the last three predictions of the current fit."""
+        recent = self.since_fit[-3:]
+        bad = len(recent) == 3 and float(np.median(recent)) > self.cfg.max_error
+        if bad and not self.distrust:
+            self.distrust = (f"predictor {self.source} disagrees with this machine's measurements (median |error| "
+                             f"{np.median(recent):.0%} over the last 3, limit predictor.max_error="
+                             f"{self.cfg.max_error:.0%}): not used to skip until it agrees again")
+            self.stats.distrusted += 1
+        elif not bad:
+            self.distrust = ""
+
     def summary(self) -> str:
         s = self.stats
         parts = [f"predictor: {self.source}; skipped {s.skipped} candidate(s) as surely over budget "
                  f"(saved {s.skipped} measurement(s) and training run(s))"]
+        if self.distrust:
+            parts.append(self.distrust)
+        elif s.distrusted:
+            parts.append(f"it disagreed with the measurements {s.distrusted} time(s) and was not used to skip then")
         if s.abs_rel_errors:
             e = np.array(s.abs_rel_errors)
             parts.append(f"on the {len(e)} it predicted and then measured: median |error| {np.median(e):.1%}, "

@@ -32,12 +32,13 @@ class RuntimeRow:
 
     name: str  # the target option: cpu, tflite_cpu, openvino, tvm
     runtime: str = ""  # the runtime and its version, from the target's fingerprint
+    precision: str = ""  # what the runtime computed in (OpenVINO's applied hint where it reports one)
     stats: LatencyStats | None = None
     cached: bool = False
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "runtime": self.runtime}
+        out: dict[str, Any] = {"name": self.name, "runtime": self.runtime, "precision": self.precision}
         if self.stats is not None:
             out.update(latency_ms=self.stats.to_dict(), cached=self.cached)
         if self.error is not None:
@@ -84,12 +85,22 @@ def measure_runtimes(arch: Arch, protocol: TargetConfig, options: list[str], wor
                 runtime = str(target.fingerprint().get("runtime", target.cfg.backend))
                 if (tuning := target.fingerprint().get("tuning")) not in (None, ""):
                     runtime += " untuned" if tuning == "untuned" else " tuned"
+                precision = applied_precision(target.fingerprint(), str(target.cfg.precision))
                 lat = measure_arch(arch, target, cache, scratch, num_classes)
             except NasError as e:  # not installed, refuses this precision, cannot compile this model
                 rows.append(RuntimeRow(option, error=str(e)))
                 continue
-            rows.append(RuntimeRow(option, runtime, lat.stats, lat.cached))
+            rows.append(RuntimeRow(option, runtime, precision, lat.stats, lat.cached))
     return rows
+
+
+def applied_precision(fingerprint: dict[str, Any], requested: str) -> str:
+    """The precision a runtime computed in: the one it reports applying (OpenVINO's inference precision hint), else
+    the requested one (an int8 model keeps its name: its quantized operations are int8 whatever the hint)."""
+    hint = (fingerprint.get("hints") or {}).get("INFERENCE_PRECISION_HINT")
+    if requested == "int8" or hint is None:
+        return requested
+    return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}.get(str(hint), str(hint))
 
 
 def fastest(rows: list[RuntimeRow], statistic: str) -> RuntimeRow | None:
@@ -99,14 +110,15 @@ def fastest(rows: list[RuntimeRow], statistic: str) -> RuntimeRow | None:
 
 def table(rows: list[RuntimeRow], statistic: str) -> str:
     best = fastest(rows, statistic)
-    lines = [f"{'runtime':<12} {'version':<34} {'p50 ms':>9} {'p90 ms':>9}  {statistic} vs fastest"]
+    lines = [f"{'runtime':<12} {'version':<34} {'prec':<5} {'p50 ms':>9} {'p90 ms':>9}  {statistic} vs fastest"]
     for r in rows:
         if r.stats is None:
-            lines.append(f"{r.name:<12} {'-':<34} {'-':>9} {'-':>9}  {r.error}")
+            lines.append(f"{r.name:<12} {'-':<34} {'-':<5} {'-':>9} {'-':>9}  {r.error}")
             continue
         ratio = r.stats.value(statistic) / best.stats.value(statistic) if best and best.stats else float("nan")
         mark = "  <- fastest" if r is best else f"  {ratio:.2f}x"
-        lines.append(f"{r.name:<12} {r.runtime[:34]:<34} {r.stats.p50:>9.3f} {r.stats.p90:>9.3f}{mark}")
+        lines.append(f"{r.name:<12} {r.runtime[:34]:<34} {r.precision:<5} {r.stats.p50:>9.3f} "
+                     f"{r.stats.p90:>9.3f}{mark}")
     return "\n".join(lines)
 
 
@@ -129,7 +141,8 @@ def card_runtimes(cfg: SearchConfig, arch: Arch, num_classes: int) -> dict[str, 
                             num_classes)
     best = fastest(rows, stat)
     return {"statistic": stat, "fastest": best.name if best else None,
-            "measured": {r.name: {"runtime": r.runtime, "p50": r.stats.p50, "p90": r.stats.p90,
+            "measured": {r.name: {"runtime": r.runtime, "precision": r.precision, "p50": r.stats.p50,
+                                  "p90": r.stats.p90,
                                   stat: r.stats.value(stat)} for r in rows if r.stats is not None},
             "unavailable": {r.name: r.error for r in rows if r.stats is None}}
 
@@ -139,7 +152,8 @@ def card_runtimes_md(card: dict[str, Any]) -> str:
     if "measured" not in card:
         return f"Other CPU runtimes: {card.get('note', 'not measured')}."
     stat = card["statistic"]
-    parts = [f"{name} ({m['runtime']}) {m[stat]:.3f} ms" for name, m in card["measured"].items()]
+    parts = [f"{name} ({m['runtime']}, {m.get('precision', '?')}) {m[stat]:.3f} ms"
+             for name, m in card["measured"].items()]
     parts += [f"{name}: {why}" for name, why in card["unavailable"].items()]
     return f"This model under each CPU runtime here ({stat}; fastest: {card['fastest']}): " + "; ".join(parts) + "."
 

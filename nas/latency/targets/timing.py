@@ -7,12 +7,14 @@ got there is returned with ``settled=False`` and labelled so, not silently accep
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from nas.config import TargetConfig
+from nas.core.errors import TargetError
 from nas.core.stats import STATS, LatencyStats, bootstrap_interval, pooled_interval, round_statistics
 
 Step = Callable[[], dict[str, float]]  # one timed run -> milliseconds per part (model, or a pipeline's parts)
@@ -24,6 +26,7 @@ def run_rounds(step: Step, cfg: TargetConfig, split: bool = False,
 
     With ``split`` the record keeps each part's median (pipeline scope).
     """
+    wait_for_cpu(cfg.threads, cfg.busy_wait_s)
     for _ in range(cfg.warmup):
         step()
     rounds, parts = [], []
@@ -33,6 +36,7 @@ def run_rounds(step: Step, cfg: TargetConfig, split: bool = False,
     while True:
         if rounds:
             time.sleep(cfg.round_pause_s)  # spread rounds in time, past short bursts of foreign load
+            wait_for_cpu(cfg.threads, cfg.busy_wait_s)
             step()  # re-warm caches after the pause, untimed
         samples = np.empty(per_round)
         for k in range(per_round):
@@ -46,6 +50,48 @@ def run_rounds(step: Step, cfg: TargetConfig, split: bool = False,
                 break
     split_ms = {k: float(np.median([p[k] for p in parts])) for k in parts[0]} if split else None
     return LatencyStats.from_rounds(rounds, split_ms, settled=settled)
+
+
+def runnable_elsewhere(reads: int = 5, pause_s: float = 0.01) -> int | None:
+    """Threads of other processes that are runnable on this machine now: the kernel's count in /proc/loadavg less
+    this process's own running threads (the median of a few reads); None where /proc cannot tell (not Linux)."""
+    counts = []
+    try:
+        for i in range(reads):
+            if i:
+                time.sleep(pause_s)
+            with open("/proc/loadavg") as f:
+                total = int(f.read().split()[3].split("/")[0])
+            mine = 0
+            for task in os.listdir("/proc/self/task"):
+                try:
+                    with open(f"/proc/self/task/{task}/stat") as f:
+                        mine += f.read().rsplit(")", 1)[1].split()[0] == "R"
+                except OSError:
+                    continue  # a thread that ended meanwhile
+            counts.append(max(0, total - mine))
+    except (OSError, ValueError, IndexError):
+        return None
+    return int(np.median(counts))
+
+
+def wait_for_cpu(threads: int, wait_s: float, poll_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+    """Return once this measurement's ``threads`` and the other runnable threads fit the cores; wait up to ``wait_s``.
+
+    With more runnable threads than cores the scheduler slices them, and a latency measured then is the time
+    slice, not the model (a predictor fitted beside two trainings on 2 cores read 0.68 ms as 12.9 ms). Past the
+    wait the measurement is refused in one line rather than recorded."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    deadline = clock() + wait_s
+    while True:
+        others = runnable_elsewhere()
+        if others is None or others + threads <= cores:
+            return
+        if clock() >= deadline:
+            raise TargetError(f"the CPU is oversubscribed: {others} runnable thread(s) of other processes + {threads} "
+                              f"to measure on {cores} core(s), for {wait_s:g} s; a latency measured now would time "
+                              "the scheduler, not the model: stop the other work or raise target.busy_wait_s")
+        time.sleep(poll_s)
 
 
 def tight(rounds: list[np.ndarray], column: int, tolerance: float) -> bool:
