@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from nas.accuracy.imagenet import ImageNetAccuracy
-from nas.config import AccuracyCmdConfig
+from nas.config import AccuracyCmdConfig, workdir_path
 from nas.core.errors import ConfigError, DatasetError, first_line
 from nas.search_spaces.arch_spec import load_arch
 
@@ -23,7 +23,7 @@ from nas.search_spaces.arch_spec import load_arch
 def fit(cfg: AccuracyCmdConfig, say: Any) -> int:
     from nas.predictors.imagenet_accuracy import DATA_DIR, fit_default
 
-    out = Path(cfg.out).expanduser() if cfg.out else Path(cfg.workdir).expanduser() / "imagenet_accuracy.json"
+    out = Path(cfg.out).expanduser() if cfg.out else workdir_path(cfg.workdir) / "imagenet_accuracy.json"
     t0 = time.perf_counter()
     model = fit_default(DATA_DIR / "accel_nasbench.csv", DATA_DIR / "timm_imagenet_mbconv.csv", seed=cfg.seed,
                         log=lambda msg: say(msg))

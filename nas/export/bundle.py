@@ -66,9 +66,8 @@ def choose(records: list[TrialRecord], budget_ms: float, statistic: str) -> Tria
 
 
 def timm_snippet(record: TrialRecord, num_classes: int, timm: str) -> str:
-    arch = record.arch
-    cls = ("mobilenetv3 import MobileNetV3 as Net" if arch.family == "mobilenetv3"
-           else "efficientnet import EfficientNet as Net")
+    """The card's build lines. The timm build code itself is written once, in the bundle's timm_register.py
+    (search_spaces/timm_module.py); this only points at it, or at nas."""
     return "\n".join([
         f"# by its timm name, beside the bundle's {names.TIMM_MODULE} (needs timm only, not nas):",
         "import timm, timm_register",
@@ -78,15 +77,7 @@ def timm_snippet(record: TrialRecord, num_classes: int, timm: str) -> str:
         "from nas.core.arch import Arch",
         "from nas.search_spaces.build import build_model",
         "arch = Arch.from_dict(json.load(open('arch.json'))['arch'])",
-        f"model = build_model(arch, num_classes={num_classes})  # timm {arch.family} class, block strings below",
-        "# or with timm alone:",
-        "from functools import partial",
-        "from timm.models._efficientnet_builder import decode_arch_def, round_channels",
-        f"from timm.models.{cls}",
-        f"model = Net(block_args=decode_arch_def({arch.block_strings()!r}), num_classes={num_classes},",
-        f"            stem_size={arch.stem_size}, num_features={arch.num_features}, act_layer='{arch.act}',",
-        f"            round_chs_fn=partial(round_channels, multiplier={arch.width:g}))"
-        + ("  # + hard-sigmoid SE, see search_spaces/build.py" if arch.family == "mobilenetv3" else ""),
+        f"model = build_model(arch, num_classes={num_classes})  # timm {record.arch.family} class, block strings below",
     ])
 
 
