@@ -60,8 +60,11 @@ def runs(client: MlflowClient, **kw):
 def test_the_experiment_opens_on_its_runs_and_says_how_to_filter(searched):
     _, c, stdout = searched
     exp = c.get_experiment_by_name("nas")
-    # The printed link opens the front in the model-training view, whatever the browser's GenAI switch says.
-    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&searchFilter=tags.pareto" in stdout
+    # The printed link opens this study's front in the model-training view, whatever the browser's GenAI switch says.
+    from urllib.parse import unquote_plus
+
+    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&searchFilter=" in stdout
+    assert 'tags.`nas.study` = "cpu-mbconv-digits-50ms" AND tags.pareto = "true"' in unquote_plus(stdout)
     assert exp.tags[names.EXPERIMENT_KIND] == "custom_model_development"  # MLflow 3's "Model training" view
     assert 'tags.pareto = "true"' in exp.tags[names.NOTE]
     parent = next(r for r in runs(c) if names.PARENT_RUN not in r.data.tags)

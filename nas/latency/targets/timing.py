@@ -81,7 +81,9 @@ def wait_for_cpu(threads: int, wait_s: float, poll_s: float = 0.5, clock: Callab
     With more runnable threads than cores the scheduler slices them, and a latency measured then is the time
     slice, not the model (a predictor fitted beside two trainings on 2 cores read 0.68 ms as 12.9 ms). Past the
     wait the measurement is refused in one line rather than recorded."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # The machine's cores, not this process's affinity: the other threads may run anywhere (TVM pins its own
+    # thread to one core, which would make any other runnable process look like contention).
+    cores = os.cpu_count() or 1
     deadline = clock() + wait_s
     while True:
         others = runnable_elsewhere()
