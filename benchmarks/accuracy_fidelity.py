@@ -136,8 +136,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(out.read_text()) if out.exists() else {}
     rungs = sorted(set(rungs) | set(doc.get("rungs", [])))  # a later call adds rungs, never forgets them
-    doc.update(dataset=args.dataset, rungs=rungs, long_epochs=args.long_epochs, seeds=args.seeds,
-               recipe={"batch_size": cfg.study.batch_size, "lr": cfg.study.lr, "optimizer": "AdamW, one-cycle"})
+    recipe = {"batch_size": cfg.study.batch_size, "lr": cfg.study.lr, "min_resolution": cfg.dataset.min_resolution,
+              "optimizer": "timm AdamW (no decay on norms/biases), cosine + warm-up, BatchNorm recalibrated"}
+    if doc.get("recipe") not in (None, recipe):  # runs of another recipe must not be mixed into these
+        raise SystemExit(f"{out} holds runs of another recipe ({doc['recipe']}): pass --out NEW.json")
+    doc.update(dataset=args.dataset, rungs=rungs, long_epochs=args.long_epochs, seeds=args.seeds, recipe=recipe)
     runs = doc.setdefault("runs", {})
     archs = archs_of(cfg, args.archs)
     doc["archs"] = {k: a.to_dict() for k, a in archs.items()}

@@ -9,6 +9,7 @@ defaults.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -91,8 +92,9 @@ class TargetConfig:
     # the machine drifted during it, and it is measured again (0: no probe).
     drift_tolerance: float = 0.05
     # Before each round: wait up to this long for the other processes' runnable threads and ours to fit the cores;
-    # past it the measurement is refused (an oversubscribed CPU times the scheduler, not the model).
-    busy_wait_s: float = 60.0
+    # past it the measurement is refused (an oversubscribed CPU times the scheduler, not the model). The default
+    # is $NAS_BUSY_WAIT_S, else 60: a machine that runs parallel jobs (a CI runner) sets a longer wait once.
+    busy_wait_s: float = field(default_factory=lambda: float(os.environ.get("NAS_BUSY_WAIT_S", "60")))
     statistic: Statistic = Statistic.p90
     precision: Precision = Precision.fp32
     exporter: Exporter = Exporter.legacy
@@ -269,6 +271,8 @@ class StudyConfig:
     # small dataset (mnasnet_100 on digits after one epoch: top-1 0.20 with 64, 0.44 with 32).
     batch_size: int = 32
     lr: float = 0.01
+    ema_decay: float | None = None  # timm's ModelEmaV3 of the weights, evaluated instead of them (e.g. 0.998)
+    population: int | None = None  # NSGA-II's population; None: n_trials // 4, within 4..50 (4 generations)
     train_threads: int | None = None  # torch threads for training; None: all cores
     device: str = "auto"  # auto (CUDA when torch sees one, else cpu), cpu, cuda, cuda:N
     experiment: str = "nas"  # MLflow experiment name
@@ -294,6 +298,10 @@ class StudyConfig:
         require(self.reeval_seeds >= 1, f"study.reeval_seeds={self.reeval_seeds} must be >= 1")
         require(self.batch_size >= 2, f"study.batch_size={self.batch_size} must be >= 2")
         require(self.lr > 0, f"study.lr={self.lr} must be > 0")
+        require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+                f"study.ema_decay={self.ema_decay} must be in (0, 1) (or null: no EMA)")
+        require(self.population is None or self.population >= 2,
+                f"study.population={self.population} must be >= 2 (or null: n_trials // 4, within 4..50)")
         require(self.train_threads is None or self.train_threads >= 1,
                 f"study.train_threads={self.train_threads} must be >= 1 (or null for all cores)")
         require(len(self.latency_classes) > 0, "study.latency_classes=[] leaves no class to promote within: give "

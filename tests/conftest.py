@@ -16,6 +16,9 @@ from nas.cli import policy
 # The suite is an entry point: it registers the built-in parts and sets the logging policy as the CLI does.
 builtins.register(plugins=False)
 policy.configure()
+# Two pytest workers keep both cores busy by design: a measurement that finds the CPU oversubscribed waits for it
+# (up to 15 min) instead of being refused after the default minute. Subprocesses inherit it.
+os.environ.setdefault("NAS_BUSY_WAIT_S", "900")
 
 # Set in the child interpreter that runs an `isolated` test, so the hook below runs it there instead of respawning.
 ISOLATED_ENV = "NAS_TEST_ISOLATED"

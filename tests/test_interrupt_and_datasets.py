@@ -61,8 +61,10 @@ def test_imagefolder_loads_resized_rgb_stratified(tmp_path):
     assert data.num_classes == 2
     x, _y = next(iter(data.train_batches(64, torch.Generator().manual_seed(0))))
     assert tuple(x.shape) == (16, 3, 24, 24) and data.n_train == 16  # streamed, cropped to the resolution
-    x_val, y_val = data.validation_arrays()
+    x_val, y_val = data.validation_arrays(part="all")
     assert x_val.shape == (4, 3, 24, 24) and sorted(y_val.tolist()) == [0, 0, 1, 1]  # stratified
+    _, y_select = data.validation_arrays()  # choices read one stratified half
+    assert sorted(y_select.tolist()) == [0, 1]
 
 
 def test_int8_calibration_images_come_from_every_class(tmp_path):
@@ -90,6 +92,7 @@ def test_search_on_an_imagefolder(tmp_path):
     _write_images(tmp_path / "imgs")
     wd = tmp_path / "wd"
     res = run_nas("search", "dataset=imagefolder", f"dataset.path={tmp_path / 'imgs'}", "dataset.proxy_scale=0.25",
+                  "dataset.min_resolution=16",  # the 96 px default (a 3x3 last stage) is tested in test_training
                   f"workdir={wd}", "study.n_trials=1", "search_space.enqueue_references=false", "budget_ms=1000",
                   *[o for o in FAST if not o.startswith("dataset.")])
     assert res.returncode == 0, res.stderr[-2000:]

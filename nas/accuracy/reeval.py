@@ -28,8 +28,13 @@ class Reevaluation:
     record: TrialRecord
     epochs: int
     resolution: int
-    top1: dict[int, float]  # seed -> top-1 (of the deployed model on int8 targets)
+    top1: dict[int, float]  # seed -> top-1 on the selection half (of the deployed model on int8 targets)
     failed: dict[int, str] | None = None  # seed -> why its training failed (a NaN loss, ...): left out of the mean
+    report: dict[int, float] | None = None  # seed -> the float network's top-1 on the report half
+
+    @property
+    def report_mean(self) -> float | None:
+        return statistics.fmean(self.report.values()) if self.report else None
 
     @property
     def mean(self) -> float:
@@ -48,13 +53,21 @@ class Reevaluation:
                 "mean": self.mean, "std": self.std, "se": self.se, "seeds": sorted(self.top1),
                 "top1": {str(k): v for k, v in sorted(self.top1.items())}, "epochs": self.epochs,
                 "train_resolution": self.resolution, "latency_ms": self.record.latency_ms,
+                "report_mean": self.report_mean,
+                "report": {str(k): v for k, v in sorted((self.report or {}).items())},
                 **({"failed_seeds": {str(k): v for k, v in sorted(self.failed.items())}} if self.failed else {})}
+
+
+def at_fidelity(r: TrialRecord) -> float:
+    """The trial's top-1 at the highest rung it reached (its objective is the first rung's, shared by all)."""
+    rungs = r.attrs.get(names.RUNG_TOP1) or {}
+    return float(rungs.get(str(r.attrs.get(names.FIDELITY)), r.accuracy or 0.0))
 
 
 def ranked(records: list[TrialRecord], budget_ms: float) -> list[TrialRecord]:
     """Feasible trials, best first: highest fidelity reached, then top-1 at it (never across fidelities first)."""
     ok = [r for r in records if r.feasible(budget_ms)]
-    return sorted(ok, key=lambda r: (r.attrs.get(names.FIDELITY, 0), r.accuracy, -r.latency_ms), reverse=True)
+    return sorted(ok, key=lambda r: (r.attrs.get(names.FIDELITY, 0), at_fidelity(r), -r.latency_ms), reverse=True)
 
 
 def reevaluate(cfg: SearchConfig, studies: dict[str, optuna.Study], records: list[TrialRecord], data: ImageData,
@@ -73,6 +86,7 @@ def reevaluate(cfg: SearchConfig, studies: dict[str, optuna.Study], records: lis
         study = studies[r.study]
         res = int(r.attrs[names.TRAIN_RESOLUTION])
         top1 = _known(study, r, epochs, cfg.study.seed)
+        report = _known(study, r, epochs, cfg.study.seed, report=True)
         failed = {int(k): v for k, v in (study.user_attrs.get(_key(r, epochs) + ":failed") or {}).items()}
         for seed in seeds:
             if seed in top1 or seed in failed:
@@ -86,12 +100,15 @@ def reevaluate(cfg: SearchConfig, studies: dict[str, optuna.Study], records: lis
                 log(f"  trial {r.number} ({r.label}) seed {seed}: FAILED ({failed[seed]}); left out of its mean")
                 continue
             top1[seed] = run.top1 if deployed is None else deployed
+            if run.top1_report is not None:
+                report[seed] = run.top1_report
+                study.set_user_attr(_key(r, epochs) + ":report", {str(k): v for k, v in report.items()})
             study.set_user_attr(_key(r, epochs), {str(k): v for k, v in top1.items()})  # resumable, per seed
             log(f"  trial {r.number} ({r.label}) seed {seed}: top-1 {top1[seed]:.3f} ({run.train_seconds:.0f} s)")
         if not top1:
             log(f"  trial {r.number} ({r.label}): every seed failed; it leaves the ranking")
             continue
-        rev = Reevaluation(r, epochs, res, top1, failed or None)
+        rev = Reevaluation(r, epochs, res, top1, failed or None, report or None)
         out.append(rev)
         if r.run_id:
             tracker.log(r.run_id, {names.REEVAL_MEAN: rev.mean, names.REEVAL_STD: rev.std,
@@ -110,9 +127,13 @@ def _key(r: TrialRecord, epochs: int) -> str:
     return f"{names.REEVAL_KEY}:{r.arch.hash}:{epochs}e:{r.attrs[names.TRAIN_RESOLUTION]}px"
 
 
-def _known(study: optuna.Study, r: TrialRecord, epochs: int, seed: int) -> dict[int, float]:
-    """Seeds already trained at ``epochs``: stored re-evaluations, and the trial's own top-rung run (at ``seed``)."""
-    known = {int(k): float(v) for k, v in (study.user_attrs.get(_key(r, epochs)) or {}).items()}
-    if r.attrs.get(names.FIDELITY) == epochs and r.accuracy is not None:
-        known.setdefault(seed, float(r.accuracy))
+def _known(study: optuna.Study, r: TrialRecord, epochs: int, seed: int, report: bool = False) -> dict[int, float]:
+    """Seeds already trained at ``epochs``: stored re-evaluations, and the trial's own top-rung run (at ``seed``;
+    not on an int8 target, whose seeds are the deployed model's figures and whose trial kept the float one's)."""
+    key = _key(r, epochs) + (":report" if report else "")
+    known = {int(k): float(v) for k, v in (study.user_attrs.get(key) or {}).items()}
+    own = (r.attrs.get(names.REPORT_TOP1) if report
+           else (r.attrs.get(names.RUNG_TOP1) or {}).get(str(epochs)))
+    if r.attrs.get(names.FIDELITY) == epochs and own is not None and names.ACCURACY_FP32 not in r.attrs:
+        known.setdefault(seed, float(own))
     return known

@@ -11,7 +11,7 @@ import onnx
 import optuna
 
 from nas.accuracy.imagenet import ImageNetAccuracy
-from nas.accuracy.reeval import ranked, reevaluate
+from nas.accuracy.reeval import at_fidelity, ranked, reevaluate
 from nas.config import (
     AccuracyCmdConfig,
     AgentConfig,
@@ -258,17 +258,22 @@ def _table(records: list[TrialRecord], cfg: SearchConfig) -> str:
     done = sorted((r for r in records if r.state == "complete"), key=lambda r: r.latency_ms)
     lines = [f"\n{state_counts(records)}",
              f"{'trial':>5}  {'arch':<22} {str(cfg.target.statistic) + ' ms':>8} {'top-1':>6} {'epochs':>6} "
-             f"{'px':>4} {'params':>10} {'MMACs':>7}  budget  pareto"]
+             f"{'at top':>6} {'px':>4} {'params':>10} {'MMACs':>7}  budget  pareto"]
     if any(r.latency is not None and r.latency.source == "predicted" for r in done):
         lines[0] += "\nlatencies are PREDICTED by the analytic Edge TPU model, not measured"
     for r in done:
+        fid = r.attrs.get(names.FIDELITY, 0)
+        top = f"{at_fidelity(r):>6.3f}" if cfg.trains and fid > cfg.study.rungs[0] else f"{'':>6}"
+        res = r.attrs.get(names.TRAIN_RESOLUTION) or r.arch.resolution if r.arch else "?"
         lines.append(f"{r.number:>5}  {r.label[:22]:<22} {r.latency_ms:>8.2f} {r.accuracy:>6.3f} "
-                     f"{r.attrs.get(names.FIDELITY, '?'):>6} {r.attrs.get(names.TRAIN_RESOLUTION, '?'):>4} "
+                     f"{fid:>6} {top} {res:>4} "
                      f"{r.params or 0:>10,} {(r.macs or 0) / 1e6:>7.0f}  "
                      f"{'ok' if r.latency_ms <= cfg.budget_ms else 'over':<6}  {'*' if r.number in front else ''}")
     lines.append("top-1: predicted ImageNet-1k top-1 (%) from the accuracy model (epochs 0: nothing trained)"
                  if not cfg.trains else
-                 "top-1 is each trial's figure at the fidelity it reached (epochs): compare within one fidelity")
+                 f"top-1: every trial's figure after the first rung ({cfg.study.rungs[0]} epoch(s)), the one the front "
+                 "compares; 'at top': the figure at the highest rung it reached (epochs), which ranks the "
+                 "re-evaluation")
     return "\n".join(lines)
 
 

@@ -14,6 +14,9 @@ WORKER = "worker"  # host, PID and start time of the process running the trial
 RUN_ID = "mlflow_run_id"
 TRAIN_RESOLUTION = "train_resolution"
 PREDICTED_MS = "predicted_ms"  # the latency predictor's (or the analytic model's) mean
+PRIOR_TOP1 = "prior_top1"  # accuracy=train: the ImageNet accuracy model's prediction (rung 0), percent
+PRIOR_DOMAIN = "prior_domain"  # accuracy_nasbench | scaled | extrapolated: how far to trust it
+REPORT_TOP1 = "report_top1"  # top-1 on the validation half never used to choose (the card's figure)
 SKIPPED = "skipped"  # surely over budget by the predictor: COMPLETE in Optuna (so NSGA-II sees it), not measured
 PREDICTED_STD_MS = "predicted_std_ms"
 LATENCY = "latency"  # LatencyStats as a dict

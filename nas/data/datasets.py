@@ -43,13 +43,15 @@ class Splits(Protocol):
         """One epoch of shuffled (augmented where the dataset allows) training batches."""
         ...
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]: ...
+    def val_batches(self, batch_size: int, part: str = "all") -> Iterator[Batch]:
+        """Validation batches of ``part``: ``select`` or ``report`` (two stratified halves), or ``all``."""
+        ...
 
     def calibration(self, n: int) -> np.ndarray:
         """Up to ``n`` training images (N, 3, H, W), normalised as for training, un-augmented (int8 calibration)."""
         ...
 
-    def validation_arrays(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def validation_arrays(self, limit: int | None = None, part: str = "select") -> tuple[np.ndarray, np.ndarray]:
         """The validation images and labels as arrays (a deployed int8 model is evaluated on them)."""
         ...
 

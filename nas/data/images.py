@@ -51,16 +51,31 @@ class TensorSplits:
             x = self.x_train[idx]
             yield (_augment(x, generator) if self.augment else x), self.y_train[idx]
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(self.y_val), batch_size):
-            yield self.x_val[start:start + batch_size], self.y_val[start:start + batch_size]
+    def val_batches(self, batch_size: int, part: str = "all") -> Iterator[Batch]:
+        idx = torch.from_numpy(val_part(self.y_val.numpy(), part))
+        for start in range(0, len(idx), batch_size):
+            take = idx[start:start + batch_size]
+            yield self.x_val[take], self.y_val[take]
 
     def calibration(self, n: int) -> np.ndarray:
         idx = balanced_sample(self.y_train.numpy(), n)
         return self.x_train[torch.from_numpy(idx)].numpy().astype(np.float32)
 
-    def validation_arrays(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.x_val[:limit].numpy().astype(np.float32), self.y_val[:limit].numpy()
+    def validation_arrays(self, limit: int | None = None, part: str = "select") -> tuple[np.ndarray, np.ndarray]:
+        idx = torch.from_numpy(val_part(self.y_val.numpy(), part)[:limit])
+        return self.x_val[idx].numpy().astype(np.float32), self.y_val[idx].numpy()
+
+
+def val_part(labels: np.ndarray, part: str) -> np.ndarray:
+    """Positions of the validation images in ``part``: ``select`` and ``report`` are two stratified halves
+    (alternate images of each class), ``all`` is both. Choices are made on ``select``; ``report`` is what a card
+    states, so that the figure reported is not the one the choice maximised."""
+    if part == "all":
+        return np.arange(len(labels))
+    if part not in ("select", "report"):
+        raise ValueError(f"validation part {part!r}: select, report or all")
+    start = 0 if part == "select" else 1
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[start::2] for c in np.unique(labels)]))
 
 
 def balanced_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -207,15 +222,16 @@ class FolderSplits:
     crop for validation (the usual torchvision recipe)."""
 
     def __init__(self, data: FolderData, resolution: int) -> None:
-        from torchvision.transforms import v2 as T
+        from timm.data import create_transform
 
         self.data, self._resolution = data, resolution
         self.name, self.num_classes = data.name, data.num_classes
-        norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(data.mean, data.std)]
-        self.train_tf = T.Compose([T.RandomResizedCrop(resolution, scale=(0.35, 1.0), antialias=True),
-                                   T.RandomHorizontalFlip(), *norm])
-        self.val_tf = T.Compose([T.Resize(round(resolution / 0.875), antialias=True), T.CenterCrop(resolution),
-                                 *norm])
+        # timm's own pipelines: random-resized crop and flip for training (no colour jitter: the dataset's images
+        # may be grayscale or calibrated), resize to res / 0.875 and centre crop for validation.
+        stats = {"mean": tuple(data.mean), "std": tuple(data.std), "interpolation": "bilinear"}
+        self.train_tf = create_transform(resolution, is_training=True, scale=(0.35, 1.0), hflip=0.5,
+                                         color_jitter=0.0, **stats)
+        self.val_tf = create_transform(resolution, is_training=False, crop_pct=0.875, **stats)
 
     @property
     def resolution(self) -> int:
@@ -235,8 +251,10 @@ class FolderSplits:
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         yield from _reraise(self._loader(self.data.train_idx, self.train_tf, batch_size, True, generator))
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        yield from _reraise(self._loader(self.data.val_idx, self.val_tf, batch_size, False))
+    def val_batches(self, batch_size: int, part: str = "all") -> Iterator[Batch]:
+        labels = np.array([self.data.samples[i][1] for i in self.data.val_idx])
+        idx = self.data.val_idx[val_part(labels, part)]
+        yield from _reraise(self._loader(idx, self.val_tf, batch_size, False))
 
     def calibration(self, n: int) -> np.ndarray:
         labels = np.array([self.data.samples[i][1] for i in self.data.train_idx])
@@ -244,9 +262,9 @@ class FolderSplits:
         files = _Files([self.data.samples[i] for i in picked], self.val_tf)
         return torch.stack([files[i][0] for i in range(len(files))]).numpy()
 
-    def validation_arrays(self, limit: int | None = 2000) -> tuple[np.ndarray, np.ndarray]:
+    def validation_arrays(self, limit: int | None = 2000, part: str = "select") -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
-        for x, y in self.val_batches(256):
+        for x, y in self.val_batches(256, part):
             xs.append(x)
             ys.append(y)
             if limit is not None and sum(len(v) for v in ys) >= limit:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.accuracy.imagenet import ImageNetAccuracy, predicted_text
-from nas.accuracy.reeval import Reevaluation, pick, ranked
+from nas.accuracy.reeval import Reevaluation, at_fidelity, pick, ranked
 from nas.config import Precision, SearchConfig, workdir_path
 from nas.core import names
 from nas.core.errors import NoFeasibleTrial
@@ -155,7 +155,7 @@ def _card(cfg: SearchConfig, r: TrialRecord, fingerprint: dict[str, Any], num_cl
         "scope": str(cfg.target.scope),
         "latency_ms": r.latency.to_dict() if r.latency else {stat: r.latency_ms},
         "meets_budget": r.latency_ms <= cfg.budget_ms,
-        "accuracy_top1": r.accuracy,  # the search's figure, at the fidelity it reached; see "accuracy"
+        "accuracy_top1": r.accuracy,  # the search's objective (trained: the first rung's figure); see "accuracy"
         "train_resolution": r.attrs.get(names.TRAIN_RESOLUTION),
         "accuracy_dataset": "ImageNet-1k top-1 predicted by the accuracy model (no training)" if not cfg.trains
                             else f"{cfg.dataset.name}"
@@ -206,10 +206,13 @@ def _accuracy_md(a: dict[str, Any]) -> str:
     if a.get("figure") == "predicted":
         return predicted_text(a)
     where = f"{a['dataset']}, {a['epochs']} epochs at {a['train_resolution']} px"
+    report = (f"{a['report_mean']:.4f} on the half of the validation images never used to choose; "
+              if a.get("report_mean") is not None else "")
     if a.get("std") is None:
-        return f"{a['mean']:.4f} (one run, {where}; not re-evaluated)"
+        return f"{report}{a['mean']:.4f} on the selection half (one run, {where}; not re-evaluated)"
     tied = [t["label"] for t in a.get("tied", []) if t["mean"] != a["mean"]]
-    return (f"{a['mean']:.4f} ± {a['std']:.4f} (mean ± std over seeds {a['seeds']}, {where})"
+    return (f"{report}{a['mean']:.4f} ± {a['std']:.4f} on the selection half (mean ± std over seeds {a['seeds']}, "
+            f"{where})"
             + (f"; tied within one standard error with {', '.join(tied)}: the faster was chosen" if tied else ""))
 
 
@@ -320,14 +323,17 @@ def export_best(cfg: SearchConfig, records: list[TrialRecord], fingerprint: dict
                     "dataset": cfg.dataset.name, "rule": "best mean top-1; among candidates within one standard "
                     "error of it, the fastest", "tied": [t.to_dict() for t in tied],
                     "candidates": [r.to_dict() for r in reevals],
+                    "selected_on": "the selection half of the validation images",
+                    "report_mean": winner.report_mean,  # the other half: never used to choose
                     **({"failed_seeds": {str(k): v for k, v in sorted(winner.failed.items())}}
                        if winner.failed else {})}
         tracker.log(run_id, {"export_top1_mean": winner.mean, "export_top1_std": winner.std})
     else:
         record = choose(records, cfg.budget_ms, str(cfg.target.statistic))
-        accuracy = {"figure": "search", "mean": record.accuracy, "std": None, "seeds": [],
+        accuracy = {"figure": "search", "mean": at_fidelity(record), "std": None, "seeds": [],
                     "epochs": record.attrs.get(names.FIDELITY), "dataset": cfg.dataset.name,
                     "train_resolution": record.attrs.get(names.TRAIN_RESOLUTION),
+                    "report_mean": record.attrs.get(names.REPORT_TOP1),
                     "note": "one training run, not re-evaluated (study.reeval_top_k=0): no spread is known"}
     name = bundle_name(cfg.target.name, cfg.budget_ms)
     fingerprint = {**fingerprint, "shape": list(deploy_shape(cfg.target, record.arch))}

@@ -152,7 +152,7 @@ def card_runtimes_md(card: dict[str, Any]) -> str:
     if "measured" not in card:
         return f"Other CPU runtimes: {card.get('note', 'not measured')}."
     stat = card["statistic"]
-    parts = [f"{name} ({m['runtime']}, {m.get('precision', '?')}) {m[stat]:.3f} ms"
+    parts = [f"{name} ({m['runtime']}{', ' + m['precision'] if m.get('precision') else ''}) {m[stat]:.3f} ms"
              for name, m in card["measured"].items()]
     parts += [f"{name}: {why}" for name, why in card["unavailable"].items()]
     return f"This model under each CPU runtime here ({stat}; fastest: {card['fastest']}): " + "; ".join(parts) + "."

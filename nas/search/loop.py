@@ -64,11 +64,12 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     workdir = workdir_path(cfg.workdir)
     # Everything that can fail on bad input fails before anything is written.
     cfg.check_accuracy_keys()
-    data, imagenet = None, None
+    data, imagenet, prior = None, None, None
     if cfg.trains:
         largest = max(train_resolution(r, cfg.dataset.proxy_scale, cfg.dataset.min_resolution)
                       for r in cfg.search_space.resolution)
         data = load_dataset(cfg.dataset, largest)
+        prior = ImageNetAccuracy(cfg.accuracy.model)  # rung 0: ranks the first candidates before they have peers
     else:
         imagenet = ImageNetAccuracy(cfg.accuracy.model)
     num_classes = data.num_classes if data is not None else IMAGENET_CLASSES
@@ -101,7 +102,7 @@ def run_search(cfg: SearchConfig, log: Any = print) -> SearchSummary:
     interrupted = False
     with scratch_dir(workdir) as scratch:
         ctx = TrialContext(cfg, target, data, space, tracker, opened.parent_id, name, cache, gate, scratch, recipe,
-                           opened.reap, imagenet)
+                           opened.reap, imagenet, prior)
         callbacks: list[Any] = [Progress(cfg, log, cfg.study.n_trials)]
         if cfg.study.max_trials is not None:
             callbacks.append(optuna.study.MaxTrialsCallback(cfg.study.max_trials, states=COUNTED))
@@ -233,7 +234,7 @@ def screening_latency(gate: PredictorGate, cache: MeasurementCache, target: Any,
 
 def make_recipe(cfg: SearchConfig) -> Recipe:
     """How candidates are trained: the study's settings on the resolved device (a missing GPU is one line)."""
-    return Recipe(batch_size=cfg.study.batch_size, lr=cfg.study.lr,
+    return Recipe(batch_size=cfg.study.batch_size, lr=cfg.study.lr, ema_decay=cfg.study.ema_decay,
                   threads=cfg.study.train_threads or os.cpu_count() or 1, device=resolve_device(cfg.study.device))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from nas.accuracy.reeval import ranked
+from nas.accuracy.reeval import at_fidelity, ranked
 from nas.config import SearchConfig
 from nas.core import names
 from nas.core.records import record_of
@@ -34,13 +34,15 @@ class Progress:
         elif r.state == "complete":
             mark = "ok " if r.latency_ms <= self.cfg.budget_ms else "over"
             kind = " predicted" if r.latency is not None and r.latency.source == "predicted" else ""
+            fid, first = r.attrs.get(names.FIDELITY, 0), self.cfg.study.rungs[0]
             how = (f"± {r.attrs[names.ACCURACY_STD]:.2f} predicted" if names.ACCURACY_STD in r.attrs else
-                   f"@{r.attrs.get(names.FIDELITY, '?')}ep {r.attrs.get(names.TRAIN_RESOLUTION, '?')}px")
+                   f"@{first}ep {r.attrs.get(names.TRAIN_RESOLUTION, '?')}px"
+                   + (f" ({at_fidelity(r):.3f} @{fid}ep)" if fid > first else ""))
             body = f"{stat} {r.latency_ms:6.2f} ms{kind} {mark} | top-1 {r.accuracy:.3f} {how}"
         else:
             body = f"{r.state}: {r.reason or ''}"
         best = next(iter(ranked([record_of(study.study_name, t) for t in study.trials], self.cfg.budget_ms)), None)
-        tail = (f"best<= {self.cfg.budget_ms:g} ms: {best.accuracy:.3f} @{best.attrs.get(names.FIDELITY, '?')}ep "
+        tail = (f"best<= {self.cfg.budget_ms:g} ms: {at_fidelity(best):.3f} @{best.attrs.get(names.FIDELITY, '?')}ep "
                 f"(#{best.number})" if best else "best: none yet")
         dur = frozen.duration.total_seconds() if frozen.duration else 0.0
         self.log(f"{head} | {body} | {dur:5.1f} s | {tail}")

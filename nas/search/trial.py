@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from nas.accuracy.imagenet import IMAGENET_CLASSES, ImageNetAccuracy
-from nas.accuracy.train import Recipe, train_run
+from nas.accuracy.train import Recipe, Training
 from nas.config import SearchConfig
 from nas.core import names
 from nas.core.arch import Arch
@@ -52,6 +52,7 @@ class TrialContext:
     recipe: Recipe = field(default_factory=Recipe)
     reap: Callable[[], list[int]] | None = None  # fail trials of dead workers on this host (each trial start)
     imagenet: ImageNetAccuracy | None = None  # accuracy=imagenet's model; None: candidates are trained
+    prior: ImageNetAccuracy | None = None  # accuracy=train: the ImageNet accuracy model as rung 0 (promotion)
 
     @property
     def num_classes(self) -> int:
@@ -198,10 +199,12 @@ def measure(cand: Candidate, ctx: TrialContext, pred: Prediction | None) -> Arch
 
 @dataclass(frozen=True)
 class Fidelity:
-    """What training a candidate found: its top-1 at the highest rung reached, and at every rung on the way."""
+    """What training a candidate found. ``top1`` is the objective Optuna, the Pareto front and best-under-budget
+    compare: with training, the figure every trained candidate has (the first rung), so no two fidelities are ever
+    compared as one number; ``epochs`` is the highest rung reached, and ``rung_top1`` the figure at each rung."""
 
     top1: float
-    epochs: int  # the rung reached: the fidelity of ``top1``
+    epochs: int  # the rung reached
     rung_top1: dict[int, float]
     train_seconds: float
     top1_fp32: float | None = None  # int8 targets: the float model's top-1 (``top1`` is the deployed one's)
@@ -244,33 +247,73 @@ def predicted_top1(cand: Candidate, model: ImageNetAccuracy) -> Fidelity:
 
 
 def train(cand: Candidate, ctx: TrialContext, latency_ms: float) -> Fidelity:
-    """Rung by rung: a complete training run per rung, promoted to the next while among the best of its class."""
+    """Rung by rung, one training continued (its schedule spans the top rung): promoted to the next rung while
+    among the best of its latency class at this rung (``promoted_at``). The objective is the first rung's figure
+    (the deployed model's on int8 targets), which every trained candidate has."""
     cfg = ctx.cfg
     klass = latency_class(latency_ms, cfg.budget_ms, cfg.study.latency_classes)
     rung_top1: dict[int, float] = {}
-    seconds = 0.0
-    for i, epochs in enumerate(cfg.study.rungs):
-        def on_epoch(epoch: int, acc: float, e: int = epochs) -> None:
-            ctx.tracker.log(cand.run_id, {names.val_top1_metric(e): acc}, step=epoch)
+    objective, fp32 = None, None
+    if ctx.prior is not None:  # rung 0: what the ImageNet accuracy model predicts for it (no training)
+        p = ctx.prior.score([cand.arch])[0]
+        cand.trial.set_user_attr(names.PRIOR_TOP1, p.top1)
+        cand.trial.set_user_attr(names.PRIOR_DOMAIN, p.domain)
 
-        t0 = time.perf_counter()
-        with host_lock(False, cfg.study.host_lock and ctx.target.local):  # training may overlap training only
-            cand.times["wait_train"] = cand.times.get("wait_train", 0.0) + time.perf_counter() - t0
-            run = train_run(cand.arch, cand.data, epochs, cfg.study.seed, ctx.recipe, on_epoch)
-        seconds += run.train_seconds
-        rung_top1[epochs] = run.top1
-        cand.trial.set_user_attr(names.RUNG_TOP1, {str(k): v for k, v in rung_top1.items()})
-        ctx.tracker.log(cand.run_id, {names.rung_metric(epochs): run.top1})
-        last = i == len(cfg.study.rungs) - 1
-        if last or klass == len(cfg.study.latency_classes) or \
-                not promoted(run.top1, rung_peers(cand.trial, epochs, klass, ctx), cfg.study.promote):
-            break
-    cand.times["train"] = seconds
-    cand.trial.set_user_attr(names.FIDELITY, run.epochs)
-    deployed = ctx.target.deployed_top1(cfg.target, run.model, cand.data, cfg.study.batch_size)
-    if deployed is not None:
-        return Fidelity(deployed, run.epochs, rung_top1, seconds, run.top1)
-    return Fidelity(run.top1, run.epochs, rung_top1, seconds)
+    def on_epoch(epochs: int, acc: float) -> None:
+        ctx.tracker.log(cand.run_id, {names.val_top1_metric(cfg.study.rungs[-1]): acc}, step=epochs)
+
+    t0 = time.perf_counter()
+    with host_lock(False, cfg.study.host_lock and ctx.target.local):  # training may overlap training only
+        cand.times["wait_train"] = cand.times.get("wait_train", 0.0) + time.perf_counter() - t0
+        run = Training(cand.arch, cand.data, cfg.study.rungs[-1], cfg.study.seed, ctx.recipe, on_epoch)
+        for i, epochs in enumerate(cfg.study.rungs):
+            rung_top1[epochs] = run.advance_to(epochs)
+            cand.trial.set_user_attr(names.RUNG_TOP1, {str(k): v for k, v in rung_top1.items()})
+            ctx.tracker.log(cand.run_id, {names.rung_metric(epochs): rung_top1[epochs]})
+            if i == 0:
+                objective = rung_top1[epochs]
+                deployed = ctx.target.deployed_top1(cfg.target, run.result().model, cand.data, cfg.study.batch_size)
+                if deployed is not None:
+                    objective, fp32 = deployed, rung_top1[epochs]
+            last = i == len(cfg.study.rungs) - 1
+            if last or klass == len(cfg.study.latency_classes) or not promoted_at(cand, ctx, epochs, klass):
+                break
+    result = run.result()
+    cand.times["train"] = result.train_seconds
+    cand.trial.set_user_attr(names.FIDELITY, result.epochs)
+    cand.trial.set_user_attr(names.REPORT_TOP1, result.top1_report)
+    assert objective is not None
+    return Fidelity(objective, result.epochs, rung_top1, result.train_seconds, fp32)
+
+
+MIN_PEERS = 2  # peers of equal fidelity and class below which successive halving asks the prior instead
+
+
+def promoted_at(cand: Candidate, ctx: TrialContext, epochs: int, klass: int) -> bool:
+    """Successive halving against the peers of equal fidelity and latency class. With fewer than
+    ``MIN_PEERS`` of them (the first candidates of a study), arrival order must not decide: the ImageNet accuracy
+    model's prediction (rung 0) ranks the candidate among every candidate of its class measured so far."""
+    cfg = ctx.cfg
+    peers = rung_peers(cand.trial, epochs, klass, ctx)
+    if len(peers) >= MIN_PEERS:
+        return promoted(cand.trial.user_attrs[names.RUNG_TOP1][str(epochs)], peers, cfg.study.promote)
+    prior = cand.trial.user_attrs.get(names.PRIOR_TOP1)
+    others = class_priors(cand.trial, klass, ctx)
+    if prior is None or not others:
+        return True  # nothing to compare with yet
+    return promoted(prior, others, cfg.study.promote)
+
+
+def class_priors(trial: optuna.Trial, klass: int, ctx: TrialContext) -> list[float]:
+    """The predicted ImageNet top-1 (rung 0) of the study's other candidates of this latency class."""
+    cfg = ctx.cfg
+    out = []
+    for t in trial.study.get_trials(deepcopy=False):
+        p, lat = t.user_attrs.get(names.PRIOR_TOP1), t.user_attrs.get(names.LATENCY_MS)
+        if t.number != trial.number and p is not None and lat is not None and \
+                latency_class(lat, cfg.budget_ms, cfg.study.latency_classes) == klass:
+            out.append(p)
+    return out
 
 
 def record(cand: Candidate, ctx: TrialContext, lat: ArchLatency, acc: Fidelity) -> tuple[float, float]:
