@@ -160,10 +160,14 @@ class Training:
             self.on_epoch(epochs, acc)
         return acc
 
+    def snapshot(self) -> torch.nn.Module:
+        """A CPU float32 copy of the evaluated network as it stands (for its deployed form)."""
+        return copy.deepcopy(self.evaluated).cpu().float().to(memory_format=torch.contiguous_format).eval()
+
     def result(self) -> RunResult:
-        """The run as it stands: its figures, and a CPU float32 copy of the evaluated network."""
+        """The run as it stands: its figures (the report half evaluated once, here), and ``snapshot()``."""
         report = top1(self.evaluated, self.data, self.recipe.batch_size, self.device, part="report")
-        model = copy.deepcopy(self.evaluated).cpu().float().to(memory_format=torch.contiguous_format).eval()
+        model = self.snapshot()
         return RunResult(self.history[-1], self.epochs_done, self.seed, self.seconds, tuple(self.history),
                          tuple(self.train_losses), model, report)
 

@@ -195,13 +195,13 @@ def _chain(e: BaseException | None) -> list[BaseException]:
 
 def _keys(cfg: Any, prefix: str = "") -> list[str]:
     """Every dotted key of a composed config (``budget_ms``, ``study.n_trials``, ...)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=False)  # plain dicts; ??? and ${...} stay unread
     out = []
-    for k in cfg:
-        full = f"{prefix}{k}"
-        out.append(full)
-        node = cfg._get_node(k)
-        if isinstance(node, DictConfig):
-            out += _keys(node, f"{full}.")
+    for k, v in cfg.items():
+        out.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            out += _keys(v, f"{prefix}{k}.")
     return out
 
 

@@ -272,7 +272,7 @@ def train(cand: Candidate, ctx: TrialContext, latency_ms: float) -> Fidelity:
             ctx.tracker.log(cand.run_id, {names.rung_metric(epochs): rung_top1[epochs]})
             if i == 0:
                 objective = rung_top1[epochs]
-                deployed = ctx.target.deployed_top1(cfg.target, run.result().model, cand.data, cfg.study.batch_size)
+                deployed = ctx.target.deployed_top1(cfg.target, run.snapshot(), cand.data, cfg.study.batch_size)
                 if deployed is not None:
                     objective, fp32 = deployed, rung_top1[epochs]
             last = i == len(cfg.study.rungs) - 1
